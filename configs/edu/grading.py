@@ -1,0 +1,85 @@
+r"""Handwritten homework grading: is the handwritten digit the answer to the question?
+
+Dataset `edu_grading` (built offline on first use): an arithmetic question ("What is
+7 - 3?", "Subtract four from 8.", word problems) and a real handwritten digit from
+scikit-learn's `load_digits`; the label says whether the handwriting answers the
+question correctly. Labels are balanced per image and per question wording, so the
+task needs both modalities.
+
+Model: ViT-mu/2 on the 8x8 image (16 patches + [CLS]), a 2-layer BERT-style text
+encoder, 2 layers of one-way cross-attention fusion (text attends to image, ALBEF),
+[CLS] pooling, 2-way classification head.
+
+Command (CPU, 2 cores):
+  python -m mmjax.main --config configs/edu/grading.py --workdir runs/grading
+
+Reaches (measured on a 2-core CPU, seed 0, see README "Results"):
+  test accuracy 0.9xx, in about N minutes of training + evaluation.
+Modality ablations (same model, one tower):
+  --config configs/edu/grading.py:modalities=image   -> test accuracy ~0.50
+  --config configs/edu/grading.py:modalities=text    -> test accuracy ~0.50
+Smoke size for tests and laptops: `--config configs/edu/grading.py:runlocal`.
+"""
+
+import ml_collections
+
+from mmjax.config import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, runlocal=False, modalities="image,text", steps=0, aux=0.5)
+  aux = arg.aux
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = arg.steps or (60 if arg.runlocal else 1200)
+  c.log_every_steps = 10 if arg.runlocal else 50
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "edu_grading"
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: the tfds default
+  c.data.cache = True  # 25k small examples: decode once, keep in memory
+  c.data.train_split = "train"
+  # Dataset feature feeding each batch role: inputs (image, text) and targets (the rest).
+  c.data.fields = dict(image="image", text="question", label="label",
+                       written_digit="written_digit", answer="answer")
+
+  c.input = ml_collections.ConfigDict()
+  c.input.batch_size = 64 if arg.runlocal else 128
+  c.input.max_text_len = 28  # the longest question is 25 tokens
+  c.input.num_threads = 1
+
+  c.model = ml_collections.ConfigDict()
+  c.model.modalities = arg.modalities
+  c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
+  c.model.param_dtype = "float32"
+  c.model.dropout_rate = 0.0
+  c.model.image = dict(variant="nano/2" if arg.runlocal else "mu/2")
+  c.model.text = dict(variant="nano" if arg.runlocal else "mu", max_len=c.input.max_text_len)
+  width = 32 if arg.runlocal else 64
+  c.model.fusion = dict(kind="cross_attention", depth=1 if arg.runlocal else 2, width=width,
+                        num_heads=2, mlp_dim=4 * width)
+  # Heads: the grade from the fused tokens, plus auxiliary heads that read one tower each:
+  # transcribe the handwritten digit (image) and solve the question (text).
+  c.model.heads = dict(
+      label=dict(input="fused", pooling="cls"),
+      written_digit=dict(input="image", pooling="cls"),
+      answer=dict(input="text", pooling="cls"),
+  )
+  c.losses = dict(label=1.0, written_digit=aux, answer=aux)  # weighted multi-task
+  c.task = dict(name="classification", main="label", label_smoothing=0.0)
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.learning_rate = 3e-3 if arg.runlocal else 1e-3
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.weight_decay_rules = (".*/kernel",)  # not biases, norms, embeddings, [CLS]
+  c.optimizer.clip_norm = 1.0
+  c.schedule = dict(warmup_steps=10 if arg.runlocal else 100, decay="cosine", end_factor=0.0)
+
+  c.mesh = (("data", -1),)  # data parallel over every device
+  c.checkpoint = dict(every_steps=c.log_every_steps * (2 if arg.runlocal else 10), keep=2)
+  c.evals = dict(splits=("validation", "test"), every_steps=0 if arg.runlocal else 400,
+                 batch_size=256, headline="test/accuracy")
+  return c

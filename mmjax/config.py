@@ -1,0 +1,80 @@
+"""Helpers for experiment configs (`configs/**.py`, each with `get_config(arg=None)`).
+
+A config file receives the text after the colon of `--config path.py:ARG` as `arg`.
+`parse_arg` turns it into a ConfigDict of typed options, so one file serves a laptop
+smoke run and the full experiment:
+
+    def get_config(arg=None):
+      arg = parse_arg(arg, runlocal=False, modalities="image,text")
+      ...
+
+    --config configs/edu/grading.py:runlocal,modalities=image
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value is missing, misspelt or of the wrong kind; the message is one line."""
+
+
+def _convert(name: str, text: str, default: Any) -> Any:
+  if isinstance(default, bool):
+    if text.lower() in ("1", "true", "yes", ""):
+      return True
+    if text.lower() in ("0", "false", "no"):
+      return False
+    raise ConfigError(f"config arg '{name}': expected a boolean, got '{text}'")
+  try:
+    return type(default)(text)
+  except ValueError:
+    raise ConfigError(
+        f"config arg '{name}': expected {type(default).__name__}, got '{text}'") from None
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses `"runlocal,res=32"` against typed `defaults` into a locked ConfigDict.
+
+  A bare name sets a boolean option to True. Unknown names raise ConfigError with
+  the closest known name.
+  """
+  result = dict(defaults)
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    name, _, value = item.partition("=")
+    name = name.strip()
+    if name not in defaults:
+      raise ConfigError(f"config arg '{name}' is unknown{did_you_mean(name, defaults)}")
+    if "=" not in item and not isinstance(defaults[name], bool):
+      raise ConfigError(f"config arg '{name}' needs a value: {name}=...")
+    result[name] = _convert(name, value.strip(), defaults[name])
+  cfg = ml_collections.ConfigDict(result)
+  cfg.lock()
+  return cfg
+
+
+def did_you_mean(name: str, candidates) -> str:
+  """Returns "; did you mean 'x'?" for the closest candidate, or "" if none is close."""
+  close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+  return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The modalities a run uses, from the comma-separated `config.model.modalities`."""
+  names = tuple(m.strip() for m in config.model.modalities.split(",") if m.strip())
+  known = ("image", "text")
+  for name in names:
+    if name not in known:
+      raise ConfigError(
+          f"config.model.modalities: unknown modality '{name}'; expected a comma-separated "
+          f"subset of {', '.join(known)}")
+  if not names:
+    raise ConfigError("config.model.modalities is empty; name at least one of image, text")
+  return names

@@ -1,0 +1,92 @@
+"""WordPiece vocabularies: trained with `tokenizers`, loaded through `transformers`.
+
+A dataset builder trains a small vocabulary on its own text and saves it as
+`tokenizer.json` next to the dataset; `load_tokenizer` reads it back as a
+`transformers.PreTrainedTokenizerFast` built from the `tokenizers` object
+(`BertTokenizerFast(vocab_file=...)` would silently ignore the file in transformers 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+# transformers logs an advisory that PyTorch is absent; mmjax never needs PyTorch.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+from tokenizers import (  # noqa: E402
+  Tokenizer,
+  decoders,
+  models,
+  normalizers,
+  pre_tokenizers,
+  processors,
+  trainers,  # noqa: E402
+)
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, in this order
+PAD_ID = 0
+
+log = logging.getLogger(__name__)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, path: str) -> None:
+  """Trains a lower-cased BERT-style WordPiece vocabulary and saves it to `path`.
+
+  Encoding adds [CLS] at the start and [SEP] at the end of every text.
+  """
+  tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+  tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+  tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tokenizer.decoder = decoders.WordPiece()
+  trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                      show_progress=False)
+  tokenizer.train_from_iterator(texts, trainer=trainer)
+  cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+  tokenizer.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+      special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+  tokenizer.save(path)
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"tokenizer file not found: {path}")
+  tokenizer = PreTrainedTokenizerFast(
+      tokenizer_object=Tokenizer.from_file(path), pad_token="[PAD]", unk_token="[UNK]",
+      cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+  for token_id, token in enumerate(SPECIAL_TOKENS):
+    if tokenizer.convert_tokens_to_ids(token) != token_id:
+      raise ValueError(f"{path}: special token {token} should have id {token_id}")
+  return tokenizer
+
+
+class TextEncoder:
+  """Encodes a batch of strings to fixed-length `text_ids` [B, max_len] int32 and
+  `text_mask` [B, max_len] bool. Longer texts are cut to max_len (keeping [SEP] at the
+  end), with one warning per process."""
+
+  def __init__(self, tokenizer: PreTrainedTokenizerFast, max_len: int):
+    self.tokenizer = tokenizer
+    self.max_len = max_len
+    self._warned = False
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.tokenizer)
+
+  def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    encoded = self.tokenizer(list(texts), padding="max_length", truncation=True,
+                             max_length=self.max_len, return_attention_mask=True)
+    if not self._warned:
+      cut = [i for i, e in enumerate(encoded.encodings) if e.overflowing]
+      if cut:
+        log.warning("text longer than max_len=%d tokens was truncated (first: %r); raise "
+                    "config.input.max_text_len to keep it whole", self.max_len, texts[cut[0]])
+        self._warned = True
+    return {"text_ids": np.asarray(encoded["input_ids"], np.int32),
+            "text_mask": np.asarray(encoded["attention_mask"], bool)}

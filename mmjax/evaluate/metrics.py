@@ -1,0 +1,42 @@
+"""Classification metrics computed on the host from labels and predictions (numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """[num_classes, num_classes] counts; row = true class, column = predicted class."""
+  matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+  np.add.at(matrix, (labels, predictions), 1)
+  return matrix
+
+
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
+                           num_classes: int) -> dict:
+  """Accuracy, precision, recall, F1 and the confusion matrix.
+
+  With two classes, precision/recall/F1 are those of class 1 (the positive class);
+  with more, they are macro averages over classes. A class with no predicted (or no
+  true) examples has precision (recall) 0.
+  """
+  labels = np.asarray(labels, dtype=np.int64)
+  predictions = np.asarray(predictions, dtype=np.int64)
+  matrix = confusion_matrix(labels, predictions, num_classes)
+  true_positive = np.diag(matrix).astype(np.float64)
+  predicted = matrix.sum(axis=0)
+  actual = matrix.sum(axis=1)
+  precision = np.divide(true_positive, predicted, out=np.zeros(num_classes), where=predicted > 0)
+  recall = np.divide(true_positive, actual, out=np.zeros(num_classes), where=actual > 0)
+  denominator = precision + recall
+  f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes),
+                 where=denominator > 0)
+  pick = (lambda v: float(v[1])) if num_classes == 2 else (lambda v: float(v.mean()))
+  return {
+      "accuracy": float(true_positive.sum() / max(len(labels), 1)),
+      "precision": pick(precision),
+      "recall": pick(recall),
+      "f1": pick(f1),
+      "num_examples": int(len(labels)),
+      "confusion_matrix": matrix.tolist(),
+  }

@@ -1,0 +1,246 @@
+"""The training loop: config -> data, model, task, mesh -> steps, logs, checkpoints, evals.
+
+`train(config, workdir)` resumes from the newest checkpoint in `workdir` when there is
+one, so re-running the same command after an interruption continues the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from mmjax.config import ConfigError, modalities
+from mmjax.data import pipeline
+from mmjax.evaluate.evaluators import ClassificationEvaluator
+from mmjax.models.model import build_model, head_specs
+from mmjax.tasks import build_task
+from mmjax.train import sharding as sharding_lib
+from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.optimizer import build_optimizer
+from mmjax.train.state import TrainState
+from mmjax.train.step import jit_train_step, make_predict_step, make_train_step
+from mmjax.utils.writers import MetricWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config before any parameter exists."""
+
+  config: ml_collections.ConfigDict
+  dataset: pipeline.Dataset
+  preprocessor: pipeline.Preprocessor
+  model: Any
+  task: Any
+  mesh: jax.sharding.Mesh
+
+  @property
+  def batch_sharding(self) -> jax.sharding.NamedSharding:
+    return sharding_lib.batch_sharding(self.mesh)
+
+  @property
+  def replicated(self) -> jax.sharding.NamedSharding:
+    return sharding_lib.replicated(self.mesh)
+
+  def to_device(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return sharding_lib.global_batch(batch, self.batch_sharding)
+
+  def example_batch(self) -> dict[str, np.ndarray]:
+    """One real training example as a batch of 1 (for shapes at init)."""
+    source = self.dataset.source(self.config.data.train_split)
+    return self.preprocessor.collate([self.preprocessor.example(source[0])])
+
+
+def build_experiment(config: ml_collections.ConfigDict,
+                     devices: list[jax.Device] | None = None) -> Experiment:
+  mods = modalities(config)
+  dataset = pipeline.open_dataset(config.data)
+
+  def num_classes(head: str) -> int:
+    if head not in config.data.fields:
+      raise ConfigError(f"config.data.fields names no dataset feature for head '{head}'")
+    return dataset.num_classes(config.data.fields[head])
+
+  task = build_task(config, num_classes)
+  heads = head_specs(config.model, mods, num_classes)
+  preprocessor = pipeline.make_preprocessor(
+      dataset, config, mods, [h.name for h in heads if h.name in task.targets])
+  vocab_size = preprocessor.text_encoder.vocab_size if preprocessor.text_encoder else None
+  model = build_model(config.model, modalities=mods, vocab_size=vocab_size, heads=heads)
+  mesh = sharding_lib.make_mesh(config.mesh, devices)
+  return Experiment(config, dataset, preprocessor, model, task, mesh)
+
+
+def create_state(exp: Experiment) -> tuple[TrainState, Any, Any, Any]:
+  """Initialises parameters and optimizer state directly with their shardings.
+
+  Returns (state, state_shardings, optimizer, schedule).
+  """
+  init_rng = jax.random.fold_in(jax.random.key(exp.config.seed), 0)
+  example = {k: jnp.asarray(v) for k, v in exp.example_batch().items()}
+  init_params = lambda rng: exp.model.init({"params": rng}, example, train=False)["params"]  # noqa: E731
+  abstract_params = jax.eval_shape(init_params, init_rng)
+  tx, schedule = build_optimizer(exp.config, abstract_params)
+
+  def init_state(rng):
+    params = init_params(rng)
+    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+  abstract_state = jax.eval_shape(init_state, init_rng)
+  state_shardings = sharding_lib.tree_shardings(abstract_state, exp.replicated)
+  state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+  return state, state_shardings, tx, schedule
+
+
+def make_evaluators(exp: Experiment, params_sharding: Any
+                    ) -> dict[str, ClassificationEvaluator]:
+  predict = make_predict_step(exp.model, exp.task, params_sharding, exp.batch_sharding)
+  evaluators = {}
+  for split in exp.config.evals.splits:
+    source = exp.dataset.source(split)
+    evaluators[split] = ClassificationEvaluator(
+        predict,
+        lambda source=source: pipeline.eval_batches(
+            source, exp.preprocessor, global_batch_size=exp.config.evals.batch_size),
+        exp.to_device, exp.task.num_classes, exp.task.main)
+  return evaluators
+
+
+def run_evaluators(evaluators: dict[str, ClassificationEvaluator], params: Any
+                   ) -> dict[str, dict[str, Any]]:
+  return {split: dict(evaluator.run(params)) for split, evaluator in evaluators.items()}
+
+
+def scalar_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+  """{split: {name: value}} -> {"split/name": value} for the scalar values."""
+  return {f"{split}/{name}": value for split, metrics in results.items()
+          for name, value in metrics.items() if isinstance(value, (int, float))}
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  if config.checkpoint.every_steps % config.log_every_steps:
+    raise ConfigError(f"config.checkpoint.every_steps={config.checkpoint.every_steps} must be a "
+                      f"multiple of config.log_every_steps={config.log_every_steps}, so that a "
+                      "resumed run logs the same averages")
+  if config.total_steps <= 0:
+    raise ConfigError(f"config.total_steps must be positive, got {config.total_steps}")
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes JSON atomically (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def headline(config: ml_collections.ConfigDict, results: dict[str, dict[str, Any]]
+             ) -> tuple[str, float]:
+  split, _, metric = config.evals.headline.partition("/")
+  return config.evals.headline, float(results[split][metric])
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          stop_after_steps: int | None = None,
+          devices: list[jax.Device] | None = None) -> dict[str, Any]:
+  """Trains (resuming if `workdir` has checkpoints), evaluates, writes `eval.json`.
+
+  `stop_after_steps` ends this invocation early (after a checkpoint), as a preemption
+  would; running again continues. Returns the final evaluation, or {} if stopped early.
+  """
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+  exp = build_experiment(config, devices)
+  state, state_shardings, tx, schedule = create_state(exp)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  log.info("model: %s parameters; mesh %s", f"{num_params:,}", dict(exp.mesh.shape))
+
+  checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
+  writer = MetricWriter(workdir)
+  batches = pipeline.train_iterator(
+      exp.dataset.source(config.data.train_split), exp.preprocessor,
+      global_batch_size=config.input.batch_size, seed=config.seed,
+      num_threads=config.input.num_threads)
+  start = 0
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state, data_state = checkpointer.restore(latest, state)
+    batches.set_state(data_state)
+    writer.truncate_after(latest)
+    start = latest
+  step_fn = jit_train_step(make_train_step(exp.model, exp.task, tx, schedule,
+                                           jax.random.fold_in(jax.random.key(config.seed), 1)),
+                           state_shardings, exp.batch_sharding, exp.replicated)
+  evaluators = make_evaluators(exp, state_shardings.params)
+
+  total = config.total_steps
+  pending: list[dict[str, jax.Array]] = []
+  window_start = time.perf_counter()
+  bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+             mininterval=1.0 if sys.stderr.isatty() else 30.0,
+             disable=jax.process_index() != 0)
+  step = start
+  while step < total:
+    step += 1
+    state, metrics = step_fn(state, exp.to_device(next(batches)))
+    pending.append(metrics)
+    bar.update(1)
+    if step % config.log_every_steps == 0 or step == total:
+      fetched = jax.device_get(pending)
+      elapsed = time.perf_counter() - window_start
+      scalars = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+      scalars["train/steps_per_sec"] = len(fetched) / elapsed
+      writer.write(step, scalars)
+      bar.set_postfix(loss=f"{scalars['train/loss']:.4f}",
+                      steps_per_s=f"{scalars['train/steps_per_sec']:.1f}")
+      pending, window_start = [], time.perf_counter()
+    if config.evals.every_steps and step % config.evals.every_steps == 0 and step < total:
+      writer.write(step, scalar_metrics(run_evaluators(evaluators, state.params)))
+    stopping = stop_after_steps is not None and step - start >= stop_after_steps
+    if step % config.checkpoint.every_steps == 0 or step == total or stopping:
+      checkpointer.save(step, state, batches.get_state())
+    if stopping and step < total:
+      break
+  bar.close()
+  checkpointer.close()
+
+  if step < total:
+    writer.close()
+    log.info("stopped at step %d of %d; run the same command to continue", step, total)
+    return {}
+  results = run_evaluators(evaluators, state.params)
+  writer.write(step, scalar_metrics(results))
+  writer.close()
+  write_json(os.path.join(workdir, "eval.json"), {"step": step, **results})
+  return results
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Evaluates the newest checkpoint in `workdir` on `config.evals.splits`."""
+  exp = build_experiment(config)
+  state, state_shardings, _, _ = create_state(exp)
+  checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    raise ConfigError(f"--workdir {workdir}: no checkpoint to evaluate in "
+                      f"{checkpointer.directory}")
+  state, _ = checkpointer.restore(latest, state)
+  checkpointer.close()
+  results = run_evaluators(make_evaluators(exp, state_shardings.params), state.params)
+  write_json(os.path.join(workdir, "eval.json"), {"step": latest, **results})
+  return results

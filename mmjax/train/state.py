@@ -1,0 +1,21 @@
+"""The training state: everything a checkpoint must hold besides the data position."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step: int32 scalar; params: the model's parameter tree; opt_state: optax state.
+
+  Randomness is not stored: each step derives its key from the config seed and `step`.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: optax.OptState

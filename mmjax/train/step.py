@@ -1,0 +1,58 @@
+"""The jitted train and predict steps (data parallel over a mesh, state donated)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import optax
+from jax.sharding import NamedSharding
+
+from mmjax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, rng: jax.Array
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+  """One optimizer step on a global batch. Metrics are means over the global batch.
+
+  Dropout keys are `fold_in(rng, step)`, so a resumed run draws the same randomness.
+  """
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    step_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+      logits = model.apply({"params": params}, batch, train=True, rngs={"dropout": step_rng})
+      return task.loss(logits, batch)
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(params),
+                   learning_rate=schedule(state.step))
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+def jit_train_step(train_step: Callable, state_sharding: Any, batch_sharding: NamedSharding,
+                   metrics_sharding: NamedSharding) -> Callable:
+  return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
+                 out_shardings=(state_sharding, metrics_sharding), donate_argnums=(0,))
+
+
+def make_predict_step(model: nn.Module, task: Any, params_sharding: Any,
+                      batch_sharding: NamedSharding) -> Callable[[Any, Batch], dict]:
+  """(params, batch) -> the task's per-example predictions, sharded like the batch."""
+
+  def predict_step(params, batch: Batch) -> dict:
+    return task.predict(model.apply({"params": params}, batch, train=False))
+
+  return jax.jit(predict_step, in_shardings=(params_sharding, batch_sharding),
+                 out_shardings=batch_sharding)

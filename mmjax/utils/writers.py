@@ -1,0 +1,49 @@
+"""Metric writers: `metrics.jsonl` (one JSON object per logged step) and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import os
+from numbers import Number
+
+import jax
+
+
+class MetricWriter:
+  """Writes scalars to `<workdir>/metrics.jsonl` and `<workdir>/tensorboard/`.
+
+  Only process 0 writes. `truncate_after(step)` drops records past a restored
+  checkpoint, so a resumed run's file matches an uninterrupted run's.
+  """
+
+  def __init__(self, workdir: str, tensorboard: bool = True):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if self.enabled and tensorboard:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+
+  def truncate_after(self, step: int) -> None:
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path, encoding="utf-8") as f:
+      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, scalars: dict[str, Number]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(record) + "\n")
+    if self._tb is not None:
+      for name, value in scalars.items():
+        self._tb.add_scalar(name, float(value), int(step))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,56 @@
+"""mmjax: multimodal Transformers in JAX/Flax for research, with education as the flagship task."""
+
+from setuptools import find_packages, setup
+
+# Ranges are the ones tested: Python 3.11 resolves jax 0.10.x / flax 0.12.8 and
+# Python 3.12 resolves jax 0.12.x / flax 0.12.12; both run the whole suite.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.13",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "ml-collections>=1.1,<1.2",
+    "absl-py>=2.1,<3",
+    "numpy>=1.26,<3",
+    # Data: tfds builders written as array_record and read with grain; no TensorFlow.
+    "tensorflow-datasets>=4.9.10,<4.10",
+    "array-record>=0.8.6,<0.9",
+    "grain>=0.2.18,<0.3",
+    "importlib-resources>=6.0,<8",  # tfds imports it without declaring it
+    "pillow>=10.0,<14",  # tfds image utilities; mmjax reads user images with it
+    "scikit-learn>=1.4,<1.10",  # ships the real handwritten digits (load_digits)
+    # Text: WordPiece trained with `tokenizers`, loaded through `transformers`.
+    "tokenizers>=0.22,<0.24",
+    "transformers>=5.0,<6",
+    # Logging.
+    "tensorboardX>=2.6,<2.7",
+    "tqdm>=4.66,<5",
+]
+
+EXTRAS = {
+    "test": ["pytest>=8.0,<10", "matplotlib>=3.8,<3.12"],
+    "notebooks": ["matplotlib>=3.8,<3.12", "jupytext>=1.16,<1.20", "nbclient>=0.10,<0.12",
+                  "ipykernel>=6.29,<8"],
+    "gpu": ["jax[cuda12]>=0.10.2,<0.13"],
+    "tpu": ["jax[tpu]>=0.10.2,<0.13"],
+}
+
+setup(
+    name="mmjax",
+    version="0.1.0",
+    description="Multimodal Transformer research in JAX/Flax: towers, fusion, objectives, education tasks.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11,<3.14",
+    packages=find_packages(include=["mmjax", "mmjax.*"]),
+    include_package_data=False,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["mmjax=mmjax.main:run"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,176 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mmjax.models import text as text_lib
+from mmjax.models import vit as vit_lib
+from mmjax.models.fusion import CrossAttentionFusion, build_fusion
+from mmjax.models.layers import MultiHeadAttention, Tokens
+from mmjax.models.heads import HeadSpec
+from mmjax.models.model import build_model, head_specs
+
+RNG = jax.random.key(0)
+
+
+def model_config(**kw):
+  return ml_collections.ConfigDict(dict(dict(
+      modalities="image,text", dtype="float32", param_dtype="float32", dropout_rate=0.0,
+      image=dict(variant="nano/2"), text=dict(variant="nano", max_len=12),
+      fusion=dict(kind="cross_attention", depth=1, width=32, num_heads=2, mlp_dim=64),
+      heads=dict(label=dict(input="fused", pooling="cls"),
+                 digit=dict(input="image", pooling="mean"))), **kw))
+
+
+def make_model(modalities="image,text", **kw):
+  config = model_config(modalities=modalities, **kw)
+  mods = tuple(modalities.split(","))
+  heads = head_specs(config, mods, lambda name: {"label": 3, "digit": 10}[name])
+  return build_model(config, modalities=mods, vocab_size=50, heads=heads)
+
+
+def batch(size=3, length=12, vocab=50, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = rng.integers(3, length, size)
+  mask = np.arange(length)[None] < lengths[:, None]
+  return {"image": jnp.asarray(rng.uniform(-1, 1, (size, 8, 8, 1)), jnp.float32),
+          "text_ids": jnp.asarray(np.where(mask, rng.integers(5, vocab, (size, length)), 0),
+                                  jnp.int32),
+          "text_mask": jnp.asarray(mask)}
+
+
+def test_vit_variants_and_shapes():
+  assert vit_lib.parse_variant("B/16") == dict(width=768, depth=12, mlp_dim=3072, num_heads=12,
+                                               patch_size=16)
+  assert vit_lib.parse_variant("S/16", depth=4)["depth"] == 4
+  with pytest.raises(ValueError, match="NAME/PATCH"):
+    vit_lib.parse_variant("S")
+  with pytest.raises(ValueError, match="unknown model size 'Q'"):
+    vit_lib.parse_variant("Q/16")
+  vit = vit_lib.ViT(**vit_lib.parse_variant("nano/2"))
+  images = jnp.zeros((2, 8, 8, 3))
+  out, _ = vit.init_with_output(RNG, images, train=False)
+  assert out.tokens.shape == (2, 1 + 16, 32)
+  assert out.mask.shape == (2, 17) and bool(out.mask.all())
+
+
+def test_text_encoder_shapes_and_padding_invariance():
+  encoder = text_lib.TextEncoder(vocab_size=50, max_len=12, **text_lib.parse_variant("nano"))
+  data = batch()
+  params = encoder.init(RNG, data["text_ids"], data["text_mask"], train=False)
+  out = encoder.apply(params, data["text_ids"], data["text_mask"], train=False)
+  assert out.tokens.shape == (3, 12, 32)
+  # Whatever the padded positions hold, real positions give the same outputs.
+  noisy_ids = jnp.where(data["text_mask"], data["text_ids"], 17)
+  noisy = encoder.apply(params, noisy_ids, data["text_mask"], train=False)
+  mask = np.asarray(data["text_mask"])
+  np.testing.assert_allclose(np.asarray(noisy.tokens)[mask], np.asarray(out.tokens)[mask],
+                             atol=1e-6)
+  assert not np.allclose(np.asarray(noisy.tokens)[~mask], np.asarray(out.tokens)[~mask])
+
+
+def test_attention_ignores_masked_keys():
+  attention = MultiHeadAttention(num_heads=2)
+  x = jax.random.normal(RNG, (2, 5, 8))
+  mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)[:, None, None, :]
+  params = attention.init(RNG, x, x, mask)
+  out = attention.apply(params, x, x, mask)
+  changed = x.at[0, 3:].set(100.0)
+  np.testing.assert_allclose(attention.apply(params, changed, changed, mask)[0, :3], out[0, :3],
+                             atol=1e-5)
+
+
+def test_cross_attention_fusion_reads_both_modalities():
+  fusion = CrossAttentionFusion(width=16, depth=1, num_heads=2, mlp_dim=32)
+  rng = np.random.default_rng(1)
+  text = Tokens(jnp.asarray(rng.normal(size=(2, 6, 24)), jnp.float32), jnp.ones((2, 6), bool))
+  image = Tokens(jnp.asarray(rng.normal(size=(2, 5, 32)), jnp.float32), jnp.ones((2, 5), bool))
+  params = fusion.init(RNG, {"text": text, "image": image}, train=False)
+  assert set(params["params"]) == {"text_projection", "image_projection", "cross_encoder"}
+  out = fusion.apply(params, {"text": text, "image": image}, train=False)
+  assert out.tokens.shape == (2, 6, 16)  # text (query) tokens
+  other = Tokens(image.tokens[::-1], image.mask)
+  changed = fusion.apply(params, {"text": text, "image": other}, train=False)
+  assert not np.allclose(out.tokens, changed.tokens)  # outputs depend on the image
+
+
+def test_single_modality_fusion_is_self_attention():
+  fusion = CrossAttentionFusion(width=16, depth=2, num_heads=2, mlp_dim=32)
+  image = Tokens(jnp.ones((2, 5, 16)), jnp.ones((2, 5), bool))
+  params = fusion.init(RNG, {"image": image}, train=False)
+  assert set(params["params"]) == {"self_encoder"}
+  assert set(params["params"]["self_encoder"]) == {"block_0", "block_1", "norm_out"}
+
+
+def test_unknown_fusion_kind():
+  with pytest.raises(ValueError, match="unknown fusion 'late'; expected one of cross_attention"):
+    build_fusion("late", width=8, depth=1, num_heads=1, mlp_dim=8)
+
+
+@pytest.mark.parametrize("modalities, towers, heads", [
+    ("image,text", {"image_encoder", "text_encoder"}, {"label", "digit"}),
+    ("image", {"image_encoder"}, {"label", "digit"}),
+    ("text", {"text_encoder"}, {"label"}),  # the image-reading head is left out
+])
+def test_model_modalities_and_heads(modalities, towers, heads):
+  model = make_model(modalities)
+  outputs, variables = model.init_with_output(RNG, batch(), train=False)
+  assert set(outputs) == heads
+  assert outputs["label"].shape == (3, 3) and outputs["label"].dtype == jnp.float32
+  if "digit" in heads:
+    assert outputs["digit"].shape == (3, 10)
+  assert set(variables["params"]) == towers | {"fusion", "heads"}
+  assert set(variables["params"]["heads"]) == heads
+
+
+def test_head_spec_errors():
+  from mmjax.config import ConfigError
+  config = model_config()
+  config.heads.digit.input = "audio"
+  with pytest.raises(ConfigError, match="heads.digit.input: unknown input 'audio'"):
+    head_specs(config, ("image",), lambda name: 2)
+  config = model_config()
+  config.heads.label.pooling = "max"
+  with pytest.raises(ConfigError, match="heads.label.pooling: unknown pooling 'max'"):
+    head_specs(config, ("image",), lambda name: 2)
+  assert head_specs(model_config(), ("text",), lambda name: 4) == (
+      HeadSpec("label", "fused", 4, "cls"),)
+
+
+def perturbed(params):
+  """Makes the zero-initialised heads non-trivial so logits depend on the features."""
+  return jax.tree.map(lambda p: p + 0.1 * jax.random.normal(RNG, p.shape), params)
+
+
+def test_model_logits_ignore_padding():
+  model = make_model()
+  data = batch()
+  params = perturbed(model.init(RNG, data, train=False))
+  logits = model.apply(params, data, train=False)["label"]
+  noisy = dict(data, text_ids=jnp.where(data["text_mask"], data["text_ids"], 33))
+  np.testing.assert_allclose(model.apply(params, noisy, train=False)["label"], logits, atol=1e-5)
+  changed = dict(data, text_ids=jnp.where(data["text_mask"], (data["text_ids"] + 1) % 50,
+                                          data["text_ids"]))
+  assert not np.allclose(model.apply(params, changed, train=False)["label"], logits, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  model = make_model(dtype="bfloat16")
+  outputs, variables = model.init_with_output(RNG, batch(), train=False)
+  assert {p.dtype for p in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  assert outputs["label"].dtype == jnp.float32
+  inner = model.bind(variables).text_encoder
+  out = inner(batch()["text_ids"], batch()["text_mask"], train=False)
+  assert out.tokens.dtype == jnp.bfloat16
+
+
+def test_dropout_only_in_training():
+  model = make_model(dropout_rate=0.5)
+  data = batch()
+  params = perturbed(model.init(RNG, data, train=False))
+  eval_a = model.apply(params, data, train=False)["label"]
+  np.testing.assert_array_equal(eval_a, model.apply(params, data, train=False)["label"])
+  train_a = model.apply(params, data, train=True, rngs={"dropout": jax.random.key(1)})["label"]
+  train_b = model.apply(params, data, train=True, rngs={"dropout": jax.random.key(2)})["label"]
+  assert not np.allclose(train_a, train_b)
