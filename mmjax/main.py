@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import sys
+import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -98,6 +99,7 @@ def main(argv: list[str]) -> None:
   from mmjax.train import loop  # noqa: PLC0415  (imports jax; keep --help fast)
 
   config, workdir = _CONFIG.value, _WORKDIR.value
+  started = time.perf_counter()
   try:
     if command == "train":
       results = loop.train(config, workdir)
@@ -107,7 +109,8 @@ def main(argv: list[str]) -> None:
     _fail(str(e))
   if results:
     name, value = loop.headline(config, results)
-    print(f"\nResults in {os.path.abspath(workdir)}:")
+    minutes = (time.perf_counter() - started) / 60
+    print(f"\nResults in {os.path.abspath(workdir)} ({command} took {minutes:.1f} min):")
     print(f"  eval.json      {name} = {value:.4f}  (all splits: accuracy, precision, "
           "recall, F1, confusion matrix)")
     print("  metrics.jsonl  training curves; tensorboard/ for TensorBoard; checkpoints/")

@@ -21,7 +21,7 @@ def test_train_then_eval_through_the_command_line(data_dir, tmp_path):
             f"--config.data.data_dir={data_dir}", "--config.evals.splits=('test',)"]
   done = mmjax(*common)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert f"Results in {os.path.abspath(workdir)}" in done.stdout
+  assert f"Results in {os.path.abspath(workdir)} (train took " in done.stdout
   assert "test/accuracy = " in done.stdout
   os.remove(os.path.join(workdir, "eval.json"))
   done = mmjax("eval", *common)
