@@ -94,7 +94,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
   command = argv[1] if len(argv) > 1 else "train"
-  # mmjax reports at INFO; libraries (orbax logs every file it writes) only warnings.
+  # mmjax reports at INFO; libraries only warnings (at INFO, orbax logs every file it
+  # writes). absl.app turns INFO on for everything, so set both explicitly.
+  from absl import logging as absl_logging  # noqa: PLC0415
+  absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("mmjax").setLevel(logging.INFO)
   from mmjax.train import loop  # noqa: PLC0415  (imports jax; keep --help fast)
 

@@ -25,11 +25,7 @@ workdir = os.environ.get("WORKDIR", "runs/grading")
 # %%
 import json
 
-import matplotlib
-
-if not os.environ.get("JPY_PARENT_PID"):
-  matplotlib.use("Agg")  # headless when run as a script
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # without a display, matplotlib falls back to Agg
 import numpy as np
 
 with open(os.path.join(workdir, "metrics.jsonl")) as f:

@@ -7,8 +7,8 @@ import pytest
 from mmjax.models import text as text_lib
 from mmjax.models import vit as vit_lib
 from mmjax.models.fusion import CrossAttentionFusion, build_fusion
-from mmjax.models.layers import MultiHeadAttention, Tokens
 from mmjax.models.heads import HeadSpec
+from mmjax.models.layers import MultiHeadAttention, Tokens
 from mmjax.models.model import build_model, head_specs
 
 RNG = jax.random.key(0)

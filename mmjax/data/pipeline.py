@@ -28,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from mmjax.data.builders import BUILDERS
 from mmjax.data.tokenizer import TextEncoder, load_tokenizer
@@ -68,13 +69,23 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   if data_config.name not in BUILDERS:
     raise ValueError(f"config.data.name: unknown dataset '{data_config.name}'; expected one of "
                      f"{', '.join(BUILDERS)}")
-  builder = BUILDERS[data_config.name](data_dir=data_config.data_dir, file_format="array_record")
-  if not builder.is_prepared():
-    log.info("building dataset %s into %s (first use, offline)", data_config.name,
-             builder.data_dir)
-    # try_download_gcs=False: tfds would otherwise look for a prebuilt copy online.
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        try_download_gcs=False))
+  make_builder = lambda: BUILDERS[data_config.name](  # noqa: E731
+      data_dir=data_config.data_dir, file_format="array_record")
+  builder = make_builder()
+  info_file = os.path.join(builder.data_dir, "dataset_info.json")
+  if not (os.path.exists(info_file) and builder.is_prepared()):
+    # One process builds (on a shared filesystem the others would race it); the rest
+    # wait for it and then read what it wrote.
+    if jax.process_index() == 0:
+      log.info("building dataset %s into %s (first use, offline)", data_config.name,
+               builder.data_dir)
+      # try_download_gcs=False: tfds would otherwise look for a prebuilt copy online.
+      tfds.disable_progress_bar()  # a few seconds of work; one log line says it
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          try_download_gcs=False))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"mmjax: dataset {data_config.name} prepared")
+      builder = make_builder()
   tokenizer_path = os.path.join(builder.data_dir, "tokenizer.json")
   return Dataset(data_config.name, builder, dict(builder.as_data_source()),
                  tokenizer_path if os.path.exists(tokenizer_path) else None, data_config.cache)
