@@ -78,6 +78,16 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_dir, tmp_
   assert train_losses(straight) == train_losses(resumed)
 
 
+def test_rerunning_a_finished_run_only_evaluates(data_dir, tmp_path):
+  config = runlocal(data_dir, total_steps=20, **{"evals.splits": ("validation",)})
+  workdir = str(tmp_path / "run")
+  first = loop.train(config, workdir)
+  records = read_metrics(workdir)
+  second = loop.train(config, workdir)
+  assert read_metrics(workdir) == records
+  assert second["validation"]["accuracy"] == first["validation"]["accuracy"]
+
+
 def test_eight_devices_match_one_device(data_dir, tmp_path):
   assert jax.device_count() == 8
   config = runlocal(data_dir, total_steps=5, log_every_steps=1,

@@ -13,11 +13,13 @@ encoder, 2 layers of one-way cross-attention fusion (text attends to image, ALBE
 Command (CPU, 2 cores):
   python -m mmjax.main --config configs/edu/grading.py --workdir runs/grading
 
-Reaches (measured on a 2-core CPU, seed 0, see README "Results"):
-  test accuracy 0.9xx, in about N minutes of training + evaluation.
-Modality ablations (same model, one tower):
-  --config configs/edu/grading.py:modalities=image   -> test accuracy ~0.50
-  --config configs/edu/grading.py:modalities=text    -> test accuracy ~0.50
+Reaches (measured on 2 CPU cores, seed 0; train + eval time, dataset build included):
+  test accuracy 0.979 (validation 0.951) in 5.7 minutes; the auxiliary heads reach
+  0.953 digit transcription and 1.000 question answering on test.
+Ablations of the same config (see experiments/README.md):
+  :modalities=image -> test accuracy 0.500   (image tower only)
+  :modalities=text  -> test accuracy 0.497   (text tower only)
+  :aux=0            -> test accuracy 0.490   (grade head alone stays at chance)
 Smoke size for tests and laptops: `--config configs/edu/grading.py:runlocal`.
 """
 

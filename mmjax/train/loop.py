@@ -224,7 +224,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     log.info("stopped at step %d of %d; run the same command to continue", step, total)
     return {}
   results = run_evaluators(evaluators, state.params)
-  writer.write(step, scalar_metrics(results))
+  if start < total:  # a finished run started again is only re-evaluated
+    writer.write(step, scalar_metrics(results))
   writer.close()
   write_json(os.path.join(workdir, "eval.json"), {"step": step, **results})
   return results
