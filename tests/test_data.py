@@ -135,6 +135,25 @@ def test_eval_batches_cover_split_once_with_padding_mask(grading):
   np.testing.assert_array_equal(labels, [int(source[i]["label"]) for i in range(len(source))])
 
 
+def test_every_process_yields_the_same_number_of_eval_batches(grading, monkeypatch):
+  source = [grading.source("validation")[i] for i in range(257)]  # 129 + 128 examples
+  shares = []
+  for process in (0, 1):
+    monkeypatch.setattr(pipeline.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(pipeline.jax, "process_index", lambda p=process: p)
+    shares.append(list(pipeline.eval_batches(source, make_preprocessor(grading, ("image",)),
+                                             global_batch_size=256)))
+  assert [len(batches) for batches in shares] == [2, 2]  # process 1 adds a filler batch
+  assert [sum(int(b["example_mask"].sum()) for b in batches) for batches in shares] == [129, 128]
+  assert not shares[1][1]["example_mask"].any()
+
+
+def test_empty_eval_split_is_an_error(grading):
+  from mmjax.config import ConfigError
+  with pytest.raises(ConfigError, match="split is empty"):
+    next(pipeline.eval_batches([], make_preprocessor(grading), global_batch_size=8))
+
+
 def test_in_memory_cache_matches_source(grading):
   source = grading.source("validation")
   cached = pipeline.InMemorySource(source, chunk=100)

@@ -8,6 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from mmjax.config import ConfigError
 from mmjax.train import loop
 
 from conftest import load_config
@@ -53,8 +54,9 @@ def test_runlocal_trains_loss_goes_down_and_writes_results(runlocal_workdir):
   with open(os.path.join(workdir, "eval.json")) as f:
     written = json.load(f)
   assert written["step"] == 60
-  for split in ("validation", "test"):
+  for split, size in (("validation", 1432), ("test", 3600)):
     metrics = written[split]
+    assert metrics["num_examples"] == size  # padding rows of the last batch not counted
     assert set(metrics) >= {"accuracy", "precision", "recall", "f1", "confusion_matrix",
                             "num_examples", "written_digit/accuracy", "answer/accuracy"}
     assert np.sum(metrics["confusion_matrix"]) == metrics["num_examples"]
@@ -68,10 +70,13 @@ def test_runlocal_trains_loss_goes_down_and_writes_results(runlocal_workdir):
 
 
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_dir, tmp_path):
-  config = runlocal(data_dir, total_steps=40, **{"evals.splits": ("validation",)})
+  config = runlocal(data_dir, total_steps=40, **{"evals.splits": ("validation",),
+                                                 "evals.headline": "validation/accuracy",
+                                                 "checkpoint.every_steps": 30})
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   loop.train(config, straight)
-  assert loop.train(config, resumed, stop_after_steps=20) == {}
+  # Asked to stop after 15 steps, the run stops at the next log step (20), checkpointed.
+  assert loop.train(config, resumed, stop_after_steps=15) == {}
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["20"]
   loop.train(config, resumed)
   assert_trees_close(final_params(straight), final_params(resumed), atol=0)
@@ -79,7 +84,8 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_dir, tmp_
 
 
 def test_rerunning_a_finished_run_only_evaluates(data_dir, tmp_path):
-  config = runlocal(data_dir, total_steps=20, **{"evals.splits": ("validation",)})
+  config = runlocal(data_dir, total_steps=20, **{"evals.splits": ("validation",),
+                                                 "evals.headline": "validation/accuracy"})
   workdir = str(tmp_path / "run")
   first = loop.train(config, workdir)
   records = read_metrics(workdir)
@@ -92,7 +98,7 @@ def test_eight_devices_match_one_device(data_dir, tmp_path):
   assert jax.device_count() == 8
   config = runlocal(data_dir, total_steps=5, log_every_steps=1,
                     **{"checkpoint.every_steps": 5, "schedule.warmup_steps": 2,
-                       "evals.splits": ("validation",)})
+                       "evals.splits": ("validation",), "evals.headline": "validation/accuracy"})
   one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
   loop.train(config, one, devices=jax.devices()[:1])
   loop.train(config, eight, devices=jax.devices())
@@ -103,7 +109,23 @@ def test_eight_devices_match_one_device(data_dir, tmp_path):
   assert_trees_close(final_params(one), final_params(eight), atol=1e-5)
 
 
-def test_checkpoint_interval_must_align_with_logging(data_dir, tmp_path):
-  from mmjax.config import ConfigError
-  with pytest.raises(ConfigError, match="must be a multiple of config.log_every_steps"):
-    loop.train(runlocal(data_dir, **{"checkpoint.every_steps": 15}), str(tmp_path))
+@pytest.mark.parametrize("overrides, message", [
+    ({"checkpoint.every_steps": 15}, "must be a multiple of config.log_every_steps"),
+    ({"evals.splits": ("validation",)}, "names split 'test', which is not in"),
+    ({"evals.batch_size": 100}, r"config.evals.batch_size=100 must be divisible by the 8 devices"),
+    ({"input.batch_size": 12}, r"config.input.batch_size=12 must be divisible by the 8 devices"),
+    ({"evals.splits": ("test", "dev")}, "has no split 'dev'"),
+])
+def test_bad_configs_fail_before_training(data_dir, tmp_path, overrides, message):
+  with pytest.raises(ConfigError, match=message):
+    loop.train(runlocal(data_dir, **overrides), str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_text_length_override_resizes_the_text_tower(data_dir):
+  config = runlocal(data_dir, **{"input.max_text_len": 40})
+  assert config.model.text.max_len == 40
+  exp = loop.build_experiment(config)
+  batch = exp.example_batch()
+  assert batch["text_ids"].shape == (1, 40)
+  assert exp.model.text_encoder.max_len == 40

@@ -39,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "edu_grading"
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # None: the tfds default
-  c.data.cache = True  # 25k small examples: decode once, keep in memory
+  # 25k small examples: decode once, keep in memory (a smoke run reads too few to gain).
+  c.data.cache = not arg.runlocal
   c.data.train_split = "train"
   # Dataset feature feeding each batch role: inputs (image, text) and targets (the rest).
   c.data.fields = dict(image="image", text="question", label="label",
@@ -56,7 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"
   c.model.dropout_rate = 0.0
   c.model.image = dict(variant="nano/2" if arg.runlocal else "mu/2")
-  c.model.text = dict(variant="nano" if arg.runlocal else "mu", max_len=c.input.max_text_len)
+  # A reference: overriding --config.input.max_text_len resizes the text tower too.
+  c.model.text = dict(variant="nano" if arg.runlocal else "mu",
+                      max_len=c.input.get_ref("max_text_len"))
   width = 32 if arg.runlocal else 64
   c.model.fusion = dict(kind="cross_attention", depth=1 if arg.runlocal else 2, width=width,
                         num_heads=2, mlp_dim=4 * width)

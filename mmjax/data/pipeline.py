@@ -10,10 +10,11 @@ models and notebooks):
                                 are int32 [B] under their own names
   example_mask  bool    [B]     False on padding examples that fill the last eval batch
 
-Training order is a function of (seed, step) alone: grain shuffles each epoch afresh
-from the seed, and the iterator state (a position) is saved with every checkpoint, so a
-resumed run reads exactly the batches an uninterrupted run would. Each process reads
-the slice `process_index::process_count` of every split.
+Training order is a function of the seed, the step, the batch size and the number of
+processes: grain shuffles each epoch afresh from the seed, and the iterator state (a
+position) is saved with every checkpoint, so a resumed run on the same topology reads
+exactly the batches an uninterrupted run would. Each process reads the slice
+`process_index::process_count` of every split.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from mmjax.config import ConfigError
 from mmjax.data.builders import BUILDERS
 from mmjax.data.tokenizer import TextEncoder, load_tokenizer
 
@@ -52,12 +54,12 @@ class Dataset:
     """Number of classes of a ClassLabel feature."""
     spec = self.builder.info.features[feature]
     if not hasattr(spec, "num_classes"):
-      raise ValueError(f"feature '{feature}' of dataset '{self.name}' is not a class label")
+      raise ConfigError(f"feature '{feature}' of dataset '{self.name}' is not a class label")
     return spec.num_classes
 
   def source(self, split: str) -> Sequence:
     if split not in self.sources:
-      raise ValueError(f"dataset '{self.name}' has no split '{split}'; it has "
+      raise ConfigError(f"dataset '{self.name}' has no split '{split}'; it has "
                        f"{', '.join(self.sources)}")
     if self.cache and not isinstance(self.sources[split], InMemorySource):
       self.sources[split] = InMemorySource(self.sources[split])
@@ -67,28 +69,34 @@ class Dataset:
 def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   """Returns `config.data.name`, building it into `config.data.data_dir` on first use."""
   if data_config.name not in BUILDERS:
-    raise ValueError(f"config.data.name: unknown dataset '{data_config.name}'; expected one of "
+    raise ConfigError(f"config.data.name: unknown dataset '{data_config.name}'; expected one of "
                      f"{', '.join(BUILDERS)}")
   make_builder = lambda: BUILDERS[data_config.name](  # noqa: E731
       data_dir=data_config.data_dir, file_format="array_record")
   builder = make_builder()
-  info_file = os.path.join(builder.data_dir, "dataset_info.json")
-  if not (os.path.exists(info_file) and builder.is_prepared()):
-    # One process builds (on a shared filesystem the others would race it); the rest
-    # wait for it and then read what it wrote.
-    if jax.process_index() == 0:
-      log.info("building dataset %s into %s (first use, offline)", data_config.name,
-               builder.data_dir)
-      # try_download_gcs=False: tfds would otherwise look for a prebuilt copy online.
-      tfds.disable_progress_bar()  # a few seconds of work; one log line says it
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          try_download_gcs=False))
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f"mmjax: dataset {data_config.name} prepared")
-      builder = make_builder()
+  # Process 0 builds first, alone; the others wait, then reuse its files (shared data_dir)
+  # or, on a disk of their own, build the same deterministic data themselves.
+  if jax.process_index() == 0:
+    _prepare(builder)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"mmjax: dataset {data_config.name} prepared")
+    builder = make_builder()
+    _prepare(builder)
   tokenizer_path = os.path.join(builder.data_dir, "tokenizer.json")
   return Dataset(data_config.name, builder, dict(builder.as_data_source()),
                  tokenizer_path if os.path.exists(tokenizer_path) else None, data_config.cache)
+
+
+def _prepare(builder: tfds.core.DatasetBuilder) -> None:
+  """Generates the dataset into its data dir unless it is already there (offline)."""
+  if os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")) and \
+      builder.is_prepared():
+    return
+  log.info("building dataset %s into %s (first use, offline)", builder.name, builder.data_dir)
+  tfds.disable_progress_bar()  # a few seconds of work; the log line above says it
+  # try_download_gcs=False: tfds would otherwise look for a prebuilt copy online.
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      try_download_gcs=False))
 
 
 class InMemorySource:
@@ -159,12 +167,12 @@ def make_preprocessor(dataset: Dataset, config: ml_collections.ConfigDict,
   wanted = [m for m in modalities] + list(targets)
   missing = [role for role in wanted if role not in config.data.fields]
   if missing:
-    raise ValueError(f"config.data.fields names no dataset feature for {', '.join(missing)}")
+    raise ConfigError(f"config.data.fields names no dataset feature for {', '.join(missing)}")
   fields = {role: config.data.fields[role] for role in wanted}
   text_encoder = None
   if "text" in modalities:
     if dataset.tokenizer_path is None:
-      raise ValueError(f"dataset '{dataset.name}' ships no tokenizer.json for its text")
+      raise ConfigError(f"dataset '{dataset.name}' ships no tokenizer.json for its text")
     text_encoder = TextEncoder(load_tokenizer(dataset.tokenizer_path), config.input.max_text_len)
   return Preprocessor(fields, text_encoder)
 
@@ -172,8 +180,8 @@ def make_preprocessor(dataset: Dataset, config: ml_collections.ConfigDict,
 def local_batch_size(global_batch_size: int) -> int:
   count = jax.process_count()
   if global_batch_size % count:
-    raise ValueError(f"config.input.batch_size={global_batch_size} is not divisible by the "
-                     f"number of processes ({count})")
+    raise ConfigError(f"batch size {global_batch_size} is not divisible by the number of "
+                      f"processes ({count})")
   return global_batch_size // count
 
 
@@ -197,14 +205,23 @@ def eval_batches(source: Sequence, preprocessor: Preprocessor, *,
                  global_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
   """This process's share of a split in order, as full-size batches.
 
-  The last batch is padded with copies of its first example marked
-  `example_mask=False`, so every batch has the same shape (one compilation).
+  Short batches are padded with copies of an example marked `example_mask=False`, so
+  every batch has the same shape (one compilation). Every process yields the same
+  number of batches (from the split's global length), as collective steps require.
   """
+  if len(source) == 0:
+    raise ConfigError("an evaluation split is empty")
   batch_size = local_batch_size(global_batch_size)
-  dataset = (grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
+  count = jax.process_count()
+  longest_share = -(-len(source) // count)  # ceil(N / P): process 0's share
+  num_batches = -(-longest_share // batch_size)
+  dataset = (grain.MapDataset.source(source)[jax.process_index()::count]
              .map(preprocessor.example)
              .batch(batch_size, drop_remainder=False, batch_fn=preprocessor.collate))
-  for batch in dataset:
+  filler = preprocessor.collate([preprocessor.example(source[0])])
+  filler["example_mask"][:] = False
+  for index in range(num_batches):
+    batch = dataset[index] if index < len(dataset) else filler
     yield pad_batch(batch, batch_size)
 
 

@@ -39,7 +39,8 @@ class ClassificationEvaluator:
     self.main = main
 
   def predictions(self, params: Any) -> dict[str, dict[str, np.ndarray]]:
-    """{head: {"label", "prediction", "probabilities"}} for every real example, in order."""
+    """{head: {"label", "prediction", "probabilities"}} for every real example: in split
+    order with one process; with several, batch by batch, process by process."""
     collected: dict[str, dict[str, list]] = {}
     for batch in self.batches():
       device_batch = self.to_device(batch)

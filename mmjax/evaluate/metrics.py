@@ -17,8 +17,9 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
   """Accuracy, precision, recall, F1 and the confusion matrix.
 
   With two classes, precision/recall/F1 are those of class 1 (the positive class);
-  with more, they are macro averages over classes. A class with no predicted (or no
-  true) examples has precision (recall) 0.
+  with more, they are macro averages over the classes that occur among the labels or
+  the predictions (as scikit-learn does). A class with no predicted (or no true)
+  examples has precision (recall) 0.
   """
   labels = np.asarray(labels, dtype=np.int64)
   predictions = np.asarray(predictions, dtype=np.int64)
@@ -31,7 +32,9 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
   denominator = precision + recall
   f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes),
                  where=denominator > 0)
-  pick = (lambda v: float(v[1])) if num_classes == 2 else (lambda v: float(v.mean()))
+  present = (predicted + actual) > 0
+  pick = (lambda v: float(v[1])) if num_classes == 2 else (
+      lambda v: float(v[present].mean()) if present.any() else 0.0)
   return {
       "accuracy": float(true_positive.sum() / max(len(labels), 1)),
       "precision": pick(precision),

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mmjax.config import ConfigError
 from mmjax.models.layers import Dtype, Encoder, Tokens
 
 
@@ -63,7 +64,7 @@ class CrossAttentionFusion(_FusionBase):
       (only,) = streams.values()
       return self.encoder(False, "self_encoder")(only, train=train)
     if self.query_modality not in streams:
-      raise ValueError(f"cross_attention fusion queries with '{self.query_modality}', "
+      raise ConfigError(f"cross_attention fusion queries with '{self.query_modality}', "
                        f"which is not among the inputs {sorted(streams)}")
     context = concat_tokens([streams[n] for n in sorted(streams) if n != self.query_modality])
     return self.encoder(True, "cross_encoder")(streams[self.query_modality], context,
@@ -77,6 +78,6 @@ FUSIONS = {
 
 def build_fusion(kind: str, **kwargs) -> nn.Module:
   if kind not in FUSIONS:
-    raise ValueError(f"config.model.fusion.kind: unknown fusion '{kind}'; expected one of "
+    raise ConfigError(f"config.model.fusion.kind: unknown fusion '{kind}'; expected one of "
                      f"{', '.join(FUSIONS)}")
   return FUSIONS[kind](**kwargs)

@@ -14,16 +14,19 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from mmjax.config import ConfigError
+
 Dtype = Any
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# No float16: it needs loss scaling, which the train step does not do.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def dtype_from_name(name: str) -> Dtype:
   try:
     return DTYPES[name]
   except KeyError:
-    raise ValueError(f"unknown dtype '{name}'; expected one of {sorted(DTYPES)}") from None
+    raise ConfigError(f"unknown dtype '{name}'; expected one of {sorted(DTYPES)}") from None
 
 
 @flax.struct.dataclass
@@ -162,7 +165,7 @@ def resolve_size(variant: str, variants: dict[str, dict[str, int]],
                  overrides: dict[str, Any]) -> dict[str, int]:
   """Width/depth/mlp_dim/num_heads of a named size, with non-None overrides applied."""
   if variant not in variants:
-    raise ValueError(f"unknown model size '{variant}'; expected one of {', '.join(variants)}")
+    raise ConfigError(f"unknown model size '{variant}'; expected one of {', '.join(variants)}")
   size = dict(variants[variant])
   size.update({k: v for k, v in overrides.items() if k in size and v is not None})
   return size

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mmjax.config import ConfigError
 from mmjax.models.layers import Dtype, Encoder, Tokens, resolve_size
 
 # width, depth, mlp_dim, num_heads (ViT paper sizes, plus "mu" and "nano" for laptops and tests).
@@ -25,7 +26,7 @@ def parse_variant(variant: str, **overrides) -> dict[str, int]:
   """"S/16" -> dict(width=384, depth=12, mlp_dim=1536, num_heads=6, patch_size=16)."""
   name, sep, patch = variant.partition("/")
   if not sep or not patch.isdigit():
-    raise ValueError(f"ViT variant '{variant}' must look like NAME/PATCH, e.g. 'S/16'")
+    raise ConfigError(f"ViT variant '{variant}' must look like NAME/PATCH, e.g. 'S/16'")
   size = resolve_size(name, SIZES, overrides)
   size["patch_size"] = int(patch)
   return size

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -80,6 +81,14 @@ def build_experiment(config: ml_collections.ConfigDict,
   vocab_size = preprocessor.text_encoder.vocab_size if preprocessor.text_encoder else None
   model = build_model(config.model, modalities=mods, vocab_size=vocab_size, heads=heads)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
+  for field in ("input.batch_size", "evals.batch_size"):
+    size = config.input.batch_size if field == "input.batch_size" else config.evals.batch_size
+    parts = math.lcm(mesh.size, jax.process_count())
+    if size % parts:
+      raise ConfigError(f"config.{field}={size} must be divisible by the {mesh.size} devices "
+                        f"of the mesh and the {jax.process_count()} processes")
+  for split in config.evals.splits:
+    dataset.source(split)  # an unknown split fails now, not after training
   return Experiment(config, dataset, preprocessor, model, task, mesh)
 
 
@@ -136,6 +145,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       "resumed run logs the same averages")
   if config.total_steps <= 0:
     raise ConfigError(f"config.total_steps must be positive, got {config.total_steps}")
+  split = config.evals.headline.partition("/")[0]
+  if split not in config.evals.splits:
+    raise ConfigError(f"config.evals.headline='{config.evals.headline}' names split '{split}', "
+                      f"which is not in config.evals.splits={tuple(config.evals.splits)}")
+
+
+def record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes `config.json`, warning when a workdir is reused with a different config."""
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      previous = json.load(f)
+    if previous != current:
+      log.warning("%s was written by a run with a different config; training continues "
+                  "from its checkpoints with the new one", path)
+  write_json(path, current)
 
 
 def write_json(path: str, value: Any) -> None:
@@ -159,29 +185,29 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           devices: list[jax.Device] | None = None) -> dict[str, Any]:
   """Trains (resuming if `workdir` has checkpoints), evaluates, writes `eval.json`.
 
-  `stop_after_steps` ends this invocation early (after a checkpoint), as a preemption
-  would; running again continues. Returns the final evaluation, or {} if stopped early.
+  `stop_after_steps` ends this invocation early, at the first log step after that many
+  steps and after a checkpoint, as a preemption would; running again continues.
+  Returns the final evaluation, or {} if stopped early.
   """
   validate(config)
+  exp = build_experiment(config, devices)  # config mistakes surface here, before any write
   os.makedirs(workdir, exist_ok=True)
-  write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
-  exp = build_experiment(config, devices)
+  record_config(config, workdir)
   state, state_shardings, tx, schedule = create_state(exp)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   log.info("model: %s parameters; mesh %s", f"{num_params:,}", dict(exp.mesh.shape))
 
   checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
-  writer = MetricWriter(workdir)
+  latest = checkpointer.latest_step()
+  writer = MetricWriter(workdir, resume_step=latest)
   batches = pipeline.train_iterator(
       exp.dataset.source(config.data.train_split), exp.preprocessor,
       global_batch_size=config.input.batch_size, seed=config.seed,
       num_threads=config.input.num_threads)
   start = 0
-  latest = checkpointer.latest_step()
   if latest is not None:
     state, data_state = checkpointer.restore(latest, state)
     batches.set_state(data_state)
-    writer.truncate_after(latest)
     start = latest
   step_fn = jit_train_step(make_train_step(exp.model, exp.task, tx, schedule,
                                            jax.random.fold_in(jax.random.key(config.seed), 1)),
@@ -211,7 +237,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       pending, window_start = [], time.perf_counter()
     if config.evals.every_steps and step % config.evals.every_steps == 0 and step < total:
       writer.write(step, scalar_metrics(run_evaluators(evaluators, state.params)))
-    stopping = stop_after_steps is not None and step - start >= stop_after_steps
+    # An early stop waits for a log step, so no logged average is cut in two.
+    stopping = (stop_after_steps is not None and step - start >= stop_after_steps
+                and step % config.log_every_steps == 0)
     if step % config.checkpoint.every_steps == 0 or step == total or stopping:
       checkpointer.save(step, state, batches.get_state())
     if stopping and step < total:

@@ -54,8 +54,7 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding
   for key, value in local_batch.items():
     if value.shape[0] * jax.process_count() % size:
       raise ConfigError(f"batch '{key}' has {value.shape[0] * jax.process_count()} rows, not "
-                        f"divisible by the {size} devices of the mesh; change "
-                        "config.input.batch_size")
+                        f"divisible by the {size} devices of the mesh")
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
                       local_batch)
 

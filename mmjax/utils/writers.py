@@ -12,20 +12,26 @@ import jax
 class MetricWriter:
   """Writes scalars to `<workdir>/metrics.jsonl` and `<workdir>/tensorboard/`.
 
-  Only process 0 writes. `truncate_after(step)` drops records past a restored
-  checkpoint, so a resumed run's file matches an uninterrupted run's.
+  Only process 0 writes. With `resume_step`, records after that step (written by an
+  interrupted run past its last checkpoint) are dropped from `metrics.jsonl` and purged
+  from TensorBoard, so a resumed run's logs match an uninterrupted run's.
   """
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int | None = None):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
-    if self.enabled and tensorboard:
+    if not self.enabled:
+      return
+    if resume_step is not None:
+      self.truncate_after(resume_step)
+    if tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30,
+                               purge_step=None if resume_step is None else resume_step + 1)
 
   def truncate_after(self, step: int) -> None:
-    if not self.enabled or not os.path.exists(self.path):
+    if not os.path.exists(self.path):
       return
     with open(self.path, encoding="utf-8") as f:
       kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
