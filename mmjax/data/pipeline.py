@@ -60,7 +60,7 @@ class Dataset:
   def source(self, split: str) -> Sequence:
     if split not in self.sources:
       raise ConfigError(f"dataset '{self.name}' has no split '{split}'; it has "
-                       f"{', '.join(self.sources)}")
+                        f"{', '.join(self.sources)}")
     if self.cache and not isinstance(self.sources[split], InMemorySource):
       self.sources[split] = InMemorySource(self.sources[split])
     return self.sources[split]
@@ -70,7 +70,7 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   """Returns `config.data.name`, building it into `config.data.data_dir` on first use."""
   if data_config.name not in BUILDERS:
     raise ConfigError(f"config.data.name: unknown dataset '{data_config.name}'; expected one of "
-                     f"{', '.join(BUILDERS)}")
+                      f"{', '.join(BUILDERS)}")
   make_builder = lambda: BUILDERS[data_config.name](  # noqa: E731
       data_dir=data_config.data_dir, file_format="array_record")
   builder = make_builder()

@@ -65,7 +65,7 @@ class CrossAttentionFusion(_FusionBase):
       return self.encoder(False, "self_encoder")(only, train=train)
     if self.query_modality not in streams:
       raise ConfigError(f"cross_attention fusion queries with '{self.query_modality}', "
-                       f"which is not among the inputs {sorted(streams)}")
+                        f"which is not among the inputs {sorted(streams)}")
     context = concat_tokens([streams[n] for n in sorted(streams) if n != self.query_modality])
     return self.encoder(True, "cross_encoder")(streams[self.query_modality], context,
                                                train=train)
@@ -79,5 +79,5 @@ FUSIONS = {
 def build_fusion(kind: str, **kwargs) -> nn.Module:
   if kind not in FUSIONS:
     raise ConfigError(f"config.model.fusion.kind: unknown fusion '{kind}'; expected one of "
-                     f"{', '.join(FUSIONS)}")
+                      f"{', '.join(FUSIONS)}")
   return FUSIONS[kind](**kwargs)
