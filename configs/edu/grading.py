@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   aux = arg.aux
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = arg.steps or (60 if arg.runlocal else 1200)
+  c.total_steps = arg.steps or (60 if arg.runlocal else 1000)
   c.log_every_steps = 10 if arg.runlocal else 50
 
   c.data = ml_collections.ConfigDict()
