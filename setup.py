@@ -21,14 +21,17 @@ INSTALL_REQUIRES = [
     "scikit-learn>=1.4,<1.10",  # ships the real handwritten digits (load_digits)
     # Text: WordPiece trained with `tokenizers`, loaded through `transformers`.
     "tokenizers>=0.22,<0.24",
-    "transformers>=5.0,<6",
+    "transformers>=4.57,<6",  # 4.57 still has the Flax references the converter tests use
+    "safetensors>=0.4,<1",  # mmjax.convert reads HF checkpoints (numpy backend, no torch)
     # Logging.
     "tensorboardX>=2.6,<2.7",
     "tqdm>=4.66,<5",
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8.0,<10", "matplotlib>=3.8,<3.12"],
+    "test": ["pytest>=8.0,<10", "matplotlib>=3.8,<3.12",
+             # Flax BERT/ViT/CLIP references for mmjax.convert parity (gone in transformers 5).
+             "transformers>=4.57,<4.58"],
     "notebooks": ["matplotlib>=3.8,<3.12", "jupytext>=1.16,<1.20", "nbclient>=0.10,<0.12",
                   "ipykernel>=6.29,<8"],
     "gpu": ["jax[cuda12]>=0.10.2,<0.13"],
@@ -38,7 +41,8 @@ EXTRAS = {
 setup(
     name="mmjax",
     version="0.1.0",
-    description="Multimodal Transformer research in JAX/Flax: towers, fusion, objectives, education tasks.",
+    description=("Multimodal Transformer research in JAX/Flax: towers, fusion, objectives, "
+                 "education tasks."),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",

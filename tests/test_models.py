@@ -88,10 +88,10 @@ def test_cross_attention_fusion_reads_both_modalities():
   image = Tokens(jnp.asarray(rng.normal(size=(2, 5, 32)), jnp.float32), jnp.ones((2, 5), bool))
   params = fusion.init(RNG, {"text": text, "image": image}, train=False)
   assert set(params["params"]) == {"text_projection", "image_projection", "cross_encoder"}
-  out = fusion.apply(params, {"text": text, "image": image}, train=False)
+  out = fusion.apply(params, {"text": text, "image": image}, train=False).tokens
   assert out.tokens.shape == (2, 6, 16)  # text (query) tokens
   other = Tokens(image.tokens[::-1], image.mask)
-  changed = fusion.apply(params, {"text": text, "image": other}, train=False)
+  changed = fusion.apply(params, {"text": text, "image": other}, train=False).tokens
   assert not np.allclose(out.tokens, changed.tokens)  # outputs depend on the image
 
 
@@ -104,8 +104,8 @@ def test_single_modality_fusion_is_self_attention():
 
 
 def test_unknown_fusion_kind():
-  with pytest.raises(ValueError, match="unknown fusion 'late'; expected one of cross_attention"):
-    build_fusion("late", width=8, depth=1, num_heads=1, mlp_dim=8)
+  with pytest.raises(ValueError, match="unknown fusion 'early'; expected one of concat, merged"):
+    build_fusion("early", width=8, depth=1, num_heads=1, mlp_dim=8)
 
 
 @pytest.mark.parametrize("modalities, towers, heads", [
@@ -127,8 +127,8 @@ def test_model_modalities_and_heads(modalities, towers, heads):
 def test_head_spec_errors():
   from mmjax.config import ConfigError
   config = model_config()
-  config.heads.digit.input = "audio"
-  with pytest.raises(ConfigError, match="heads.digit.input: unknown input 'audio'"):
+  config.heads.digit.input = "video"
+  with pytest.raises(ConfigError, match="heads.digit.input: unknown input 'video'"):
     head_specs(config, ("image",), lambda name: 2)
   config = model_config()
   config.heads.label.pooling = "max"

@@ -128,4 +128,4 @@ def test_text_length_override_resizes_the_text_tower(data_dir):
   exp = loop.build_experiment(config)
   batch = exp.example_batch()
   assert batch["text_ids"].shape == (1, 40)
-  assert exp.model.text_encoder.max_len == 40
+  assert exp.model.towers["text"].max_len == 40

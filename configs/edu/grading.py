@@ -13,13 +13,14 @@ encoder, 2 layers of one-way cross-attention fusion (text attends to image, ALBE
 Command (CPU, 2 cores):
   python -m mmjax.main --config configs/edu/grading.py --workdir runs/grading
 
-Reaches (measured on 2 CPU cores, seed 0; train + eval time, dataset build included):
-  test accuracy 0.979 (validation 0.951) in 5.7 minutes; the auxiliary heads reach
+Reaches (measured on 2 CPU cores, seed 0, 1,000 steps; train + eval time, dataset build
+included):
+  test accuracy 0.971 (validation 0.954) in 7.9 minutes; the auxiliary heads reach
   0.953 digit transcription and 1.000 question answering on test.
 Ablations of the same config (see experiments/README.md):
   :modalities=image -> test accuracy 0.500   (image tower only)
-  :modalities=text  -> test accuracy 0.497   (text tower only)
-  :aux=0            -> test accuracy 0.490   (grade head alone stays at chance)
+  :modalities=text  -> test accuracy 0.501   (text tower only)
+  :aux=0            -> test accuracy 0.488   (grade head alone stays at chance)
 Smoke size for tests and laptops: `--config configs/edu/grading.py:runlocal`.
 """
 
@@ -81,7 +82,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 1e-4
   c.optimizer.weight_decay_rules = (".*/kernel",)  # not biases, norms, embeddings, [CLS]
   c.optimizer.clip_norm = 1.0
+  # ((regex, multiplier), ...): scales the updates of the first matching parameters;
+  # 0 freezes them. E.g. (("heads/.*", 10.0),) for a fast head on a slow body.
+  c.optimizer.lr_mults = ()
   c.schedule = dict(warmup_steps=10 if arg.runlocal else 100, decay="cosine", end_factor=0.0)
+
+  # What trains (mmjax/train/param_rules.py): full | frozen_image | frozen_text |
+  # frozen_towers | lora | adapters. Heads, fusion and LoRA/adapter parameters always
+  # train; `rules` = ((regex, "train" | "freeze"), ...) over parameter paths come first.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.mode = "full"
+  c.finetune.rules = ()
+  c.finetune.lora = dict(rank=8, alpha=16.0,
+                         targets=r"[^/]+_encoder/.*/(query|value)/kernel")  # towers' q, v
+  c.finetune.adapters = dict(dim=16)
 
   c.mesh = (("data", -1),)  # data parallel over every device
   c.checkpoint = dict(every_steps=c.log_every_steps * (2 if arg.runlocal else 10), keep=2)

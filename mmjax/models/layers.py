@@ -7,6 +7,7 @@ Masks are boolean, True where a token is real.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -51,62 +52,145 @@ def key_padding_mask(kv_mask: jax.Array) -> jax.Array:
   return kv_mask[:, None, None, :]
 
 
+def causal_mask(length: int) -> jax.Array:
+  """[1, 1, length, length] bool: query i sees keys 0..i."""
+  return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+ACTIVATIONS = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),  # BERT, ViT (erf form)
+    "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # CLIP
+    "relu": jax.nn.relu,
+}
+NORM_POSITIONS = ("pre", "post")
+# `jax.nn.dot_product_attention(implementation=...)`: None lets XLA choose; "cudnn" is
+# the fused flash kernel on NVIDIA GPUs; "xla" forces the portable version.
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+
+
+def activation_from_name(name: str):
+  try:
+    return ACTIVATIONS[name]
+  except KeyError:
+    raise ConfigError(f"unknown activation '{name}'; expected one of {sorted(ACTIVATIONS)}"
+                      ) from None
+
+
+def dense(features: int, name: str, *, dtype: Dtype, param_dtype: Dtype, use_bias: bool = True,
+          zero_init: bool = False) -> nn.Dense:
+  """The one Dense every Transformer layer uses: 2-D kernels [in, out] under `<name>/kernel`,
+  so LoRA rules and checkpoint converters see the same shapes everywhere."""
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                  kernel_init=(nn.initializers.zeros if zero_init
+                               else nn.initializers.xavier_uniform()),
+                  bias_init=nn.initializers.zeros, name=name)
+
+
 class MultiHeadAttention(nn.Module):
-  """Multi-head attention through `jax.nn.dot_product_attention` (cuDNN flash on GPU)."""
+  """Multi-head attention through `jax.nn.dot_product_attention` (cuDNN flash on GPU).
+
+  Parameters: `query`, `key`, `value`, `out`, each a Dense with a [width, width] kernel
+  (`key` without bias, see below).
+  """
 
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  implementation: str | None = None
 
   @nn.compact
   def __call__(self, queries: jax.Array, keys_values: jax.Array,
                mask: jax.Array | None = None) -> jax.Array:
     """queries [B, T, D], keys_values [B, S, D], mask broadcastable to [B, heads, T, S]."""
-    width = queries.shape[-1]
+    batch, length, width = queries.shape
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     head_dim = width // self.num_heads
-    dense = lambda name, use_bias=True: nn.DenseGeneral(  # noqa: E731
-        (self.num_heads, head_dim), use_bias=use_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, kernel_init=nn.initializers.xavier_uniform(), name=name)
-    query = dense("query")(queries)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    split = lambda x: x.reshape(*x.shape[:2], self.num_heads, head_dim)  # noqa: E731
+    query = split(dense(width, "query", **kw)(queries))
     # No key bias: it adds the same q.b to every logit of a query row, which softmax
     # ignores, so its gradient is exactly zero and Adam would only amplify rounding
-    # noise into it. Checkpoints that have one (BERT, ViT) load without it, exactly.
-    key = dense("key", use_bias=False)(keys_values)
-    value = dense("value")(keys_values)
-    attended = jax.nn.dot_product_attention(query, key, value, mask=mask)  # [B, T, N, H]
-    return nn.DenseGeneral(
-        width, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.xavier_uniform(), name="out")(attended)
+    # noise into it. Checkpoints that have one (BERT, ViT, CLIP) load without it, exactly.
+    key = split(dense(width, "key", use_bias=False, **kw)(keys_values))
+    value = split(dense(width, "value", **kw)(keys_values))
+    attended = jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                            implementation=self.implementation)  # [B, T, N, H]
+    return dense(width, "out", **kw)(attended.reshape(batch, length, width))
 
 
 class MlpBlock(nn.Module):
-  """Dense -> GELU -> dropout -> Dense, back to the input width."""
+  """Dense -> activation -> dropout -> Dense, back to the input width."""
 
   mlp_dim: int
   dropout_rate: float = 0.0
+  activation: str = "gelu_tanh"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = x.shape[-1]
-    dense = lambda features, name: nn.Dense(  # noqa: E731
-        features, dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
-        bias_init=nn.initializers.normal(stddev=1e-6), name=name)
-    x = nn.gelu(dense(self.mlp_dim, "fc1")(x))
+    x = activation_from_name(self.activation)(dense(self.mlp_dim, "fc1", **kw)(x))
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    return dense(width, "fc2")(x)
+    return dense(width, "fc2", **kw)(x)
+
+
+class Adapter(nn.Module):
+  """Bottleneck adapter (Houlsby et al. 2019): x + up(gelu(down(x))), `up` zero-initialised,
+  so inserting adapters into a trained network leaves its outputs unchanged."""
+
+  bottleneck: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    hidden = nn.gelu(dense(self.bottleneck, "down", **kw)(x))
+    return x + dense(x.shape[-1], "up", zero_init=True, **kw)(hidden)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockOptions:
+  """How a Transformer block is wired; the defaults are mmjax's own (pre-norm) choice.
+
+  Attributes:
+    norm_position: "pre" (ViT, CLIP, GPT-2) or "post" (original BERT).
+    activation: MLP activation, one of ACTIVATIONS.
+    layer_norm_eps: LayerNorm epsilon (BERT/ViT 1e-12, CLIP 1e-5).
+    adapter_dim: bottleneck width of adapters after attention and MLP; 0 = none.
+    causal: self-attention sees only earlier positions (decoders, CLIP text).
+    attention_implementation: one of ATTENTION_IMPLEMENTATIONS.
+  """
+
+  norm_position: str = "pre"
+  activation: str = "gelu_tanh"
+  layer_norm_eps: float = 1e-6
+  adapter_dim: int = 0
+  causal: bool = False
+  attention_implementation: str | None = None
+
+  def __post_init__(self):
+    if self.norm_position not in NORM_POSITIONS:
+      raise ConfigError(f"unknown norm_position '{self.norm_position}'; expected one of "
+                        f"{', '.join(NORM_POSITIONS)}")
+    activation_from_name(self.activation)
+    if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+      raise ConfigError(f"unknown attention implementation '{self.attention_implementation}';"
+                        f" expected one of {ATTENTION_IMPLEMENTATIONS}")
 
 
 class TransformerBlock(nn.Module):
-  """Pre-norm block: self-attention, optional cross-attention to a context, MLP.
+  """Self-attention, optional cross-attention to a context, MLP; pre- or post-norm.
 
   With `cross_attention=False` this is a plain encoder block (ViT/BERT style);
   with True it is the ALBEF/decoder-style block whose queries also read a second
-  token sequence.
+  token sequence. Sub-layer names: `self_attention`, `cross_attention`, `mlp`, their
+  norms `norm_self`, `norm_cross`, `norm_mlp`, adapters `adapter_self`, `adapter_cross`,
+  `adapter_mlp`.
   """
 
   num_heads: int
@@ -115,32 +199,43 @@ class TransformerBlock(nn.Module):
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  options: BlockOptions = BlockOptions()
 
   @nn.compact
   def __call__(self, x: Tokens, context: Tokens | None = None, *, train: bool) -> Tokens:
+    opts = self.options
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     dropout = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=not train)  # noqa: E731
-    tokens = x.tokens
+    norm = lambda name: nn.LayerNorm(epsilon=opts.layer_norm_eps, name=name, **kw)  # noqa: E731
 
-    normed = nn.LayerNorm(name="norm_self", **kw)(tokens)
-    tokens = tokens + dropout(MultiHeadAttention(self.num_heads, name="self_attention", **kw)(
-        normed, normed, key_padding_mask(x.mask)))
+    def sublayer(tokens, name, fn):
+      """Residual around fn, LayerNorm before (pre) or after (post), adapter on fn's output."""
+      inputs = norm(f"norm_{name}")(tokens) if opts.norm_position == "pre" else tokens
+      update = dropout(fn(inputs))
+      if opts.adapter_dim:
+        update = Adapter(opts.adapter_dim, name=f"adapter_{name}", **kw)(update)
+      tokens = tokens + update
+      return norm(f"norm_{name}")(tokens) if opts.norm_position == "post" else tokens
 
+    mask = key_padding_mask(x.mask)
+    if opts.causal:
+      mask = mask & causal_mask(x.tokens.shape[1])
+    attention = lambda name: MultiHeadAttention(  # noqa: E731
+        self.num_heads, implementation=opts.attention_implementation, name=name, **kw)
+    tokens = sublayer(x.tokens, "self", lambda h: attention("self_attention")(h, h, mask))
     if self.cross_attention:
       if context is None:
         raise ValueError("a cross-attention block needs a context sequence")
-      normed = nn.LayerNorm(name="norm_cross", **kw)(tokens)
-      tokens = tokens + dropout(MultiHeadAttention(self.num_heads, name="cross_attention", **kw)(
-          normed, context.tokens.astype(self.dtype), key_padding_mask(context.mask)))
-
-    normed = nn.LayerNorm(name="norm_mlp", **kw)(tokens)
-    tokens = tokens + dropout(MlpBlock(self.mlp_dim, self.dropout_rate, name="mlp", **kw)(
-        normed, train=train))
+      tokens = sublayer(tokens, "cross", lambda h: attention("cross_attention")(
+          h, context.tokens.astype(self.dtype), key_padding_mask(context.mask)))
+    tokens = sublayer(tokens, "mlp", lambda h: MlpBlock(
+        self.mlp_dim, self.dropout_rate, opts.activation, name="mlp", **kw)(h, train=train))
     return Tokens(tokens, x.mask)
 
 
 class Encoder(nn.Module):
-  """A stack of `depth` TransformerBlocks followed by a final LayerNorm."""
+  """A stack of `depth` TransformerBlocks, then a final LayerNorm `norm_out` (pre-norm
+  stacks need it; post-norm stacks like BERT end normalised and set final_norm=False)."""
 
   depth: int
   num_heads: int
@@ -149,15 +244,19 @@ class Encoder(nn.Module):
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  options: BlockOptions = BlockOptions()
+  final_norm: bool = True
 
   @nn.compact
   def __call__(self, x: Tokens, context: Tokens | None = None, *, train: bool) -> Tokens:
     for i in range(self.depth):
       x = TransformerBlock(
           self.num_heads, self.mlp_dim, self.cross_attention, self.dropout_rate,
-          self.dtype, self.param_dtype, name=f"block_{i}")(x, context, train=train)
-    tokens = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
-                          name="norm_out")(x.tokens)
+          self.dtype, self.param_dtype, self.options, name=f"block_{i}")(x, context, train=train)
+    if not self.final_norm:
+      return x
+    tokens = nn.LayerNorm(epsilon=self.options.layer_norm_eps, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="norm_out")(x.tokens)
     return Tokens(tokens, x.mask)
 
 

@@ -1,58 +1,91 @@
 """Assembles towers, fusion and heads from `config.model`.
 
-Parameter paths (what regex rules in configs match) start with: `image_encoder/...`,
-`text_encoder/...`, `fusion/...`, `heads/<head name>/...`.
+Parameter paths (what regex rules in configs match) start with: `<modality>_encoder/...`
+(`image_encoder/...`, `text_encoder/...`, `audio_encoder/...`), `fusion/...`,
+`heads/<head name>/...`.
+
+The model is generic over modality names: a tower is an entry of `towers`, and
+`MODALITY_INPUTS` says which batch keys it is called with, so a new modality plugs in by
+adding an entry to each (and a builder to `TOWER_BUILDERS` for `build_model`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
 
+import flax.core
 import flax.linen as nn
 import jax
 import ml_collections
 
 from mmjax.config import ConfigError
+from mmjax.models import audio as audio_lib
 from mmjax.models import text as text_lib
 from mmjax.models import vit as vit_lib
-from mmjax.models.fusion import build_fusion
+from mmjax.models.fusion import Fused, build_fusion
 from mmjax.models.heads import POOLINGS, Heads, HeadSpec
-from mmjax.models.layers import Tokens, dtype_from_name
+from mmjax.models.layers import BlockOptions, Tokens, dtype_from_name
 
-HEAD_INPUTS = ("fused", "image", "text")
+# Modality -> the batch keys its tower is called with, positionally (see README batch keys).
+MODALITY_INPUTS = flax.core.FrozenDict({
+    "image": ("image",),                    # float32 [B, H, W, C] in [-1, 1]
+    "text": ("text_ids", "text_mask"),      # int32 [B, T], bool [B, T]
+    "audio": ("audio",),                    # float32 [B, samples] waveforms
+})
+HEAD_INPUTS = ("fused", *MODALITY_INPUTS)
 
 
 class MultimodalModel(nn.Module):
-  """batch dict -> {head name: logits [B, num_classes]}.
+  """batch dict -> {head name: logits [B, num_classes] float32}.
 
-  Reads `image` [B, H, W, C] float and/or `text_ids` [B, T] int32 with `text_mask`
-  [B, T]; a tower that is None is skipped, so the same class serves modality ablations.
-  Heads read the fused tokens or one tower's tokens (auxiliary per-modality heads).
+  Attributes:
+    towers: {modality: tower}; tower(*[batch[k] for k in inputs[modality]], train=...)
+      returns Tokens. Its parameters live under `<modality>_encoder/`. Modalities without
+      a tower are skipped, so the same class serves modality ablations.
+    fusion: {modality: Tokens} -> `Fused` (mmjax/models/fusion.py).
+    heads: reads the fused output or one tower's tokens (auxiliary per-modality heads).
+    inputs: {modality: batch keys}, MODALITY_INPUTS by default.
   """
 
-  image_encoder: nn.Module | None
-  text_encoder: nn.Module | None
+  towers: Mapping[str, nn.Module]
   fusion: nn.Module
   heads: Heads
+  inputs: Mapping[str, tuple[str, ...]] = MODALITY_INPUTS
 
-  def encode(self, batch: dict[str, jax.Array], *, train: bool) -> dict[str, Tokens]:
-    streams = {}
-    if self.image_encoder is not None:
-      streams["image"] = self.image_encoder(batch["image"], train=train)
-    if self.text_encoder is not None:
-      streams["text"] = self.text_encoder(batch["text_ids"], batch["text_mask"], train=train)
-    return streams
+  def setup(self):
+    for modality, tower in self.towers.items():
+      if modality not in self.inputs:
+        raise ValueError(f"no batch keys for the '{modality}' tower; known modalities: "
+                         f"{', '.join(self.inputs)}")
+      setattr(self, f"{modality}_encoder", tower.clone())
 
-  def __call__(self, batch: dict[str, jax.Array], *, train: bool = False
+  def encode(self, batch: Mapping[str, jax.Array], *, train: bool) -> dict[str, Tokens]:
+    """{modality: Tokens [B, T_m, width_m]} from each tower, in sorted modality order."""
+    return {modality: getattr(self, f"{modality}_encoder")(
+                *[batch[key] for key in self.inputs[modality]], train=train)
+            for modality in sorted(self.towers)}
+
+  def features(self, batch: Mapping[str, jax.Array], *, train: bool = False
+               ) -> tuple[dict[str, Tokens], Fused]:
+    """(tower tokens, fusion output): what the heads read; for analysis and tests."""
+    towers = self.encode(batch, train=train)
+    return towers, self.fusion(towers, train=train)
+
+  def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False
                ) -> dict[str, jax.Array]:
-    streams = self.encode(batch, train=train)
-    streams["fused"] = self.fusion(streams, train=train)
-    return self.heads(streams)
+    towers, fused = self.features(batch, train=train)
+    return self.heads(towers, fused)
 
 
 def head_specs(model_config: ml_collections.ConfigDict, modalities: tuple[str, ...],
                num_classes: Callable[[str], int]) -> tuple[HeadSpec, ...]:
-  """The heads of `config.model.heads` whose input is present in this run."""
+  """The heads of `config.model.heads` whose input is present in this run.
+
+  Each head has `input` (one of HEAD_INPUTS), `pooling` (one of POOLINGS) and, for
+  `map` pooling, optionally `num_heads` (default 1).
+  """
   specs = []
   for name, head in model_config.heads.items():
     if head.input not in HEAD_INPUTS:
@@ -61,31 +94,80 @@ def head_specs(model_config: ml_collections.ConfigDict, modalities: tuple[str, .
     if head.pooling not in POOLINGS:
       raise ConfigError(f"config.model.heads.{name}.pooling: unknown pooling '{head.pooling}';"
                         f" expected one of {', '.join(POOLINGS)}")
+    num_heads = head.get("num_heads", 1)
+    if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+      raise ConfigError(f"config.model.heads.{name}.num_heads: expected a positive integer, "
+                        f"got {num_heads!r}")
     if head.input == "fused" or head.input in modalities:
-      specs.append(HeadSpec(name, head.input, num_classes(name), head.pooling))
+      specs.append(HeadSpec(name, head.input, num_classes(name), head.pooling, num_heads))
   return tuple(specs)
 
 
+def block_options(model_config: ml_collections.ConfigDict, adapter_dim: int = 0) -> BlockOptions:
+  """`config.model.block` (optional: norm_position, activation, layer_norm_eps,
+  attention_implementation) as BlockOptions, with adapters of `adapter_dim`."""
+  fields = {f.name for f in dataclasses.fields(BlockOptions)} - {"adapter_dim", "causal"}
+  block = dict(model_config.get("block", None) or {})
+  unknown = sorted(set(block) - fields)
+  if unknown:
+    raise ConfigError(f"config.model.block: unknown field(s) {', '.join(unknown)}; expected "
+                      f"some of {', '.join(sorted(fields))}")
+  return BlockOptions(**block, adapter_dim=adapter_dim)
+
+
+def _image_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any],
+                 vocab_size: int | None) -> nn.Module:
+  del vocab_size
+  image_cfg = model_config.image.to_dict()
+  return vit_lib.ViT(**vit_lib.parse_variant(image_cfg.pop("variant"), **image_cfg), **common)
+
+
+def _text_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any],
+                vocab_size: int | None) -> nn.Module:
+  if vocab_size is None:
+    raise ValueError("the text tower needs a vocabulary size")
+  text_cfg = model_config.text.to_dict()
+  return text_lib.TextEncoder(
+      vocab_size=vocab_size, max_len=text_cfg.pop("max_len"),
+      **text_lib.parse_variant(text_cfg.pop("variant"), **text_cfg), **common)
+
+
+def _audio_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any],
+                 vocab_size: int | None) -> nn.Module:
+  """`config.model.audio`: `variant` ("nano/4"), size overrides, and the AudioEncoder's
+  feature fields (sample_rate, n_fft, hop_length, n_mels, features, n_mfcc)."""
+  del vocab_size
+  audio_cfg = model_config.audio.to_dict()
+  size = audio_lib.parse_variant(audio_cfg.pop("variant"), **audio_cfg)
+  features = {key: value for key, value in audio_cfg.items() if key not in size}
+  return audio_lib.AudioEncoder(**size, **features, **common)
+
+
+# Modality -> fn(config.model, common kwargs (dtypes, options, dropout_rate), vocab_size).
+TOWER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "image": _image_tower,
+    "text": _text_tower,
+    "audio": _audio_tower,
+}
+
+
 def build_model(model_config: ml_collections.ConfigDict, *, modalities: tuple[str, ...],
-                vocab_size: int | None, heads: tuple[HeadSpec, ...]) -> MultimodalModel:
-  """Builds the model of `config.model` for the given modalities and heads."""
+                vocab_size: int | None, heads: tuple[HeadSpec, ...],
+                adapter_dim: int = 0) -> MultimodalModel:
+  """Builds the model of `config.model` for the given modalities and heads.
+
+  `adapter_dim` > 0 inserts bottleneck adapters into every Transformer block (the
+  `adapters` fine-tuning mode)."""
   dtypes = dict(dtype=dtype_from_name(model_config.dtype),
                 param_dtype=dtype_from_name(model_config.param_dtype))
-  dropout = model_config.dropout_rate
-  image_encoder = text_encoder = None
-  if "image" in modalities:
-    image_cfg = model_config.image.to_dict()
-    image_encoder = vit_lib.ViT(
-        **vit_lib.parse_variant(image_cfg.pop("variant"), **image_cfg), dropout_rate=dropout,
-        **dtypes)
-  if "text" in modalities:
-    if vocab_size is None:
-      raise ValueError("the text tower needs a vocabulary size")
-    text_cfg = model_config.text.to_dict()
-    text_encoder = text_lib.TextEncoder(
-        vocab_size=vocab_size, max_len=text_cfg.pop("max_len"),
-        **text_lib.parse_variant(text_cfg.pop("variant"), **text_cfg), dropout_rate=dropout,
-        **dtypes)
+  common = dict(dtypes, options=block_options(model_config, adapter_dim),
+                dropout_rate=model_config.dropout_rate)
+  towers = {}
+  for modality in modalities:
+    if modality not in TOWER_BUILDERS:
+      raise ConfigError(f"config.model.modalities: no tower for '{modality}'; expected some "
+                        f"of {', '.join(TOWER_BUILDERS)}")
+    towers[modality] = TOWER_BUILDERS[modality](model_config, common, vocab_size)
   fusion_cfg = model_config.fusion.to_dict()
-  fusion = build_fusion(fusion_cfg.pop("kind"), **fusion_cfg, dropout_rate=dropout, **dtypes)
-  return MultimodalModel(image_encoder, text_encoder, fusion, Heads(heads, **dtypes))
+  fusion = build_fusion(fusion_cfg.pop("kind", None), **fusion_cfg, **common)
+  return MultimodalModel(flax.core.FrozenDict(towers), fusion, Heads(heads, **dtypes))

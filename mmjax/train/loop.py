@@ -7,6 +7,7 @@ one, so re-running the same command after an interruption continues the run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -24,13 +25,15 @@ from tqdm import tqdm
 from mmjax.config import ConfigError, modalities
 from mmjax.data import pipeline
 from mmjax.evaluate.evaluators import ClassificationEvaluator
+from mmjax.models import lora
 from mmjax.models.model import build_model, head_specs
 from mmjax.tasks import build_task
+from mmjax.train import param_rules
 from mmjax.train import sharding as sharding_lib
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.optimizer import build_optimizer
 from mmjax.train.state import TrainState
-from mmjax.train.step import jit_train_step, make_predict_step, make_train_step
+from mmjax.train.step import identity, jit_train_step, make_predict_step, make_train_step
 from mmjax.utils.writers import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class Experiment:
   model: Any
   task: Any
   mesh: jax.sharding.Mesh
+  finetune: param_rules.Finetune
 
   @property
   def batch_sharding(self) -> jax.sharding.NamedSharding:
@@ -67,6 +71,10 @@ class Experiment:
 def build_experiment(config: ml_collections.ConfigDict,
                      devices: list[jax.Device] | None = None) -> Experiment:
   mods = modalities(config)
+  finetune = param_rules.Finetune.from_config(config)
+  if config.get("init_from", None):
+    raise ConfigError("config.init_from: loading pretrained weights is not implemented yet; "
+                      "leave it unset")
   dataset = pipeline.open_dataset(config.data)
 
   def num_classes(head: str) -> int:
@@ -79,7 +87,8 @@ def build_experiment(config: ml_collections.ConfigDict,
   preprocessor = pipeline.make_preprocessor(
       dataset, config, mods, [h.name for h in heads if h.name in task.targets])
   vocab_size = preprocessor.text_encoder.vocab_size if preprocessor.text_encoder else None
-  model = build_model(config.model, modalities=mods, vocab_size=vocab_size, heads=heads)
+  model = build_model(config.model, modalities=mods, vocab_size=vocab_size, heads=heads,
+                      adapter_dim=finetune.model_adapter_dim)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   for field in ("input.batch_size", "evals.batch_size"):
     size = config.input.batch_size if field == "input.batch_size" else config.evals.batch_size
@@ -89,33 +98,113 @@ def build_experiment(config: ml_collections.ConfigDict,
                         f"of the mesh and the {jax.process_count()} processes")
   for split in config.evals.splits:
     dataset.source(split)  # an unknown split fails now, not after training
-  return Experiment(config, dataset, preprocessor, model, task, mesh)
+  return Experiment(config, dataset, preprocessor, model, task, mesh, finetune)
 
 
-def create_state(exp: Experiment) -> tuple[TrainState, Any, Any, Any]:
-  """Initialises parameters and optimizer state directly with their shardings.
+def initial_params(exp: Experiment) -> dict:
+  """The parameters training starts from, replicated over the mesh: the one place
+  where they are created.
 
-  Returns (state, state_shardings, optimizer, schedule).
+  1. `random_params`: the model's random init.
+  2. (`config.init_from`, not implemented yet: pretrained weights overwrite their
+     subtrees here, before LoRA factors exist.)
+  3. `add_finetune_params`: LoRA factors in lora mode.
   """
-  init_rng = jax.random.fold_in(jax.random.key(exp.config.seed), 0)
+  params = random_params(exp)
+  return add_finetune_params(exp, params)
+
+
+def random_params(exp: Experiment) -> dict:
+  """The model's random init from `fold_in(key(config.seed), 0)`, replicated."""
   example = {k: jnp.asarray(v) for k, v in exp.example_batch().items()}
-  init_params = lambda rng: exp.model.init({"params": rng}, example, train=False)["params"]  # noqa: E731
-  abstract_params = jax.eval_shape(init_params, init_rng)
-  tx, schedule = build_optimizer(exp.config, abstract_params)
 
-  def init_state(rng):
-    params = init_params(rng)
-    return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  def init(rng):
+    return exp.model.init({"params": rng}, example, train=False)["params"]
 
-  abstract_state = jax.eval_shape(init_state, init_rng)
-  state_shardings = sharding_lib.tree_shardings(abstract_state, exp.replicated)
-  state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
-  return state, state_shardings, tx, schedule
+  rng = jax.random.fold_in(jax.random.key(exp.config.seed), 0)
+  shapes = jax.eval_shape(init, rng)
+  if exp.finetune.mode == "lora":
+    lora.check_targets(shapes, exp.finetune.lora_targets)  # before any compilation
+  return jax.jit(init, out_shardings=sharding_lib.tree_shardings(shapes, exp.replicated))(rng)
 
 
-def make_evaluators(exp: Experiment, params_sharding: Any
+def add_finetune_params(exp: Experiment, params: dict) -> dict:
+  """In lora mode, `params` plus factors `lora_a`, `lora_b` beside every kernel the
+  finetune rules label "lora", drawn from `fold_in(key(config.seed), 2)`; else `params`."""
+  if exp.finetune.mode != "lora":
+    return params
+  lora.check_targets(params, exp.finetune.lora_targets)
+  targets = jax.tree.map(lambda label: label == param_rules.LORA, exp.finetune.labels(params))
+  add = functools.partial(lora.add_lora, targets=targets, rank=exp.finetune.lora_rank)
+  rng = jax.random.fold_in(jax.random.key(exp.config.seed), 2)
+  return jax.jit(add, out_shardings=sharding_lib.tree_shardings(
+      jax.eval_shape(add, params, rng=rng), exp.replicated))(params, rng=rng)
+
+
+@dataclasses.dataclass
+class TrainSetup:
+  """What the steps need besides the state.
+
+  Attributes:
+    shardings: a tree like the TrainState of shardings.
+    tx, schedule: the optimizer and its learning-rate schedule.
+    trainable: a tree like `state.params` of python bools, or None when all train.
+    model_params: state params -> the parameters `model.apply` takes (merges LoRA).
+    num_trainable, num_total: parameter counts (elements).
+  """
+
+  shardings: Any
+  tx: Any
+  schedule: Any
+  trainable: Any
+  model_params: Any
+  num_trainable: int
+  num_total: int
+
+
+def create_state(exp: Experiment, params: dict | None = None
+                 ) -> tuple[TrainState, TrainSetup]:
+  """The step-0 state and the TrainSetup, on the mesh.
+
+  Args:
+    exp: the experiment.
+    params: the initial parameters (replicated); None: `initial_params(exp)`.
+
+  Returns the state (`params`, optimizer state of the trainable parameters only) and
+  the TrainSetup.
+
+  What trains is decided by regex rules over parameter paths: the finetune mode's rules
+  (after the user's `config.finetune.rules`) and `config.optimizer.lr_mults` (0 freezes).
+  """
+  config = exp.config
+  params = initial_params(exp) if params is None else params
+  exp.finetune.warn_unmatched(params)
+  mults = param_rules.lr_multipliers(params, config.optimizer.get("lr_mults", None) or ())
+  trainable = param_rules.trainable_mask(exp.finetune.labels(params), mults)
+  train_params, _ = param_rules.split_params(params, trainable)
+  if not train_params:
+    raise ConfigError(f"config.finetune: no parameter is trainable in mode "
+                      f"'{exp.finetune.mode}' with config.finetune.rules and "
+                      "config.optimizer.lr_mults as set")
+  tx, schedule = build_optimizer(config, train_params)
+  opt_shardings = sharding_lib.tree_shardings(jax.eval_shape(tx.init, train_params),
+                                              exp.replicated)
+  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(train_params)
+  step = jax.device_put(jnp.zeros((), jnp.int32), exp.replicated)
+  state = TrainState(step, params, opt_state)
+  shardings = sharding_lib.tree_shardings(state, exp.replicated)
+  all_train = all(jax.tree.leaves(trainable))
+  model_params = (functools.partial(lora.merge_lora, alpha=exp.finetune.lora_alpha)
+                  if exp.finetune.mode == "lora" else identity)
+  return state, TrainSetup(shardings, tx, schedule, None if all_train else trainable,
+                           model_params, sum(x.size for x in jax.tree.leaves(train_params)),
+                           sum(x.size for x in jax.tree.leaves(params)))
+
+
+def make_evaluators(exp: Experiment, params_sharding: Any, model_params: Any = identity
                     ) -> dict[str, ClassificationEvaluator]:
-  predict = make_predict_step(exp.model, exp.task, params_sharding, exp.batch_sharding)
+  predict = make_predict_step(exp.model, exp.task, params_sharding, exp.batch_sharding,
+                              model_params=model_params)
   evaluators = {}
   for split in exp.config.evals.splits:
     source = exp.dataset.source(split)
@@ -193,9 +282,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   exp = build_experiment(config, devices)  # config mistakes surface here, before any write
   os.makedirs(workdir, exist_ok=True)
   record_config(config, workdir)
-  state, state_shardings, tx, schedule = create_state(exp)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  log.info("model: %s parameters; mesh %s", f"{num_params:,}", dict(exp.mesh.shape))
+  state, setup = create_state(exp)
+  log.info("parameters: %s trainable / %s total (finetune mode %s); mesh %s",
+           f"{setup.num_trainable:,}", f"{setup.num_total:,}", exp.finetune.mode,
+           dict(exp.mesh.shape))
 
   checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
   latest = checkpointer.latest_step()
@@ -209,10 +299,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     state, data_state = checkpointer.restore(latest, state)
     batches.set_state(data_state)
     start = latest
-  step_fn = jit_train_step(make_train_step(exp.model, exp.task, tx, schedule,
-                                           jax.random.fold_in(jax.random.key(config.seed), 1)),
-                           state_shardings, exp.batch_sharding, exp.replicated)
-  evaluators = make_evaluators(exp, state_shardings.params)
+  train_step = make_train_step(exp.model, exp.task, setup.tx, setup.schedule,
+                               jax.random.fold_in(jax.random.key(config.seed), 1),
+                               trainable=setup.trainable, model_params=setup.model_params)
+  step_fn = jit_train_step(train_step, setup.shardings, exp.batch_sharding, exp.replicated)
+  evaluators = make_evaluators(exp, setup.shardings.params, setup.model_params)
 
   total = config.total_steps
   pending: list[dict[str, jax.Array]] = []
@@ -262,7 +353,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates the newest checkpoint in `workdir` on `config.evals.splits`."""
   exp = build_experiment(config)
-  state, state_shardings, _, _ = create_state(exp)
+  state, setup = create_state(exp)
   checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
   latest = checkpointer.latest_step()
   if latest is None:
@@ -270,6 +361,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                       f"{checkpointer.directory}")
   state, _ = checkpointer.restore(latest, state)
   checkpointer.close()
-  results = run_evaluators(make_evaluators(exp, state_shardings.params), state.params)
+  results = run_evaluators(
+      make_evaluators(exp, setup.shardings.params, setup.model_params), state.params)
   write_json(os.path.join(workdir, "eval.json"), {"step": latest, **results})
   return results

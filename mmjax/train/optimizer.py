@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import ml_collections
 import optax
 
 from mmjax.config import ConfigError
-from mmjax.train.param_rules import weight_decay_mask
+from mmjax.train.param_rules import lr_multipliers, weight_decay_mask
 
 
 def build_schedule(schedule_config: ml_collections.ConfigDict, peak_lr: float,
@@ -34,11 +35,32 @@ def build_schedule(schedule_config: ml_collections.ConfigDict, peak_lr: float,
                     "expected cosine, linear or constant")
 
 
+def scale_by_multipliers(mults: Any) -> optax.GradientTransformation:
+  """Multiplies each leaf's update by its python-float multiplier (a tree like the
+  parameters); stateless."""
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u, m: u * m, updates, mults), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def build_optimizer(config: ml_collections.ConfigDict, params: Any
                     ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Gradient clipping by global norm, then AdamW whose weight decay applies only to
-  parameters matching `config.optimizer.weight_decay_rules` (by default kernels:
-  not biases, norms, embeddings, positional embeddings or the [CLS] token)."""
+  """Gradient clipping by global norm, AdamW, then per-parameter learning-rate multipliers.
+
+  Args:
+    config: the experiment config (`optimizer`, `schedule`, `total_steps`).
+    params: the parameters the optimizer updates (arrays or ShapeDtypeStructs): only the
+      trainable ones, so frozen parameters get no optimizer state.
+
+  Weight decay applies only to parameters matching `config.optimizer.weight_decay_rules`
+  (by default kernels: not biases, norms, embeddings, positional embeddings or the [CLS]
+  token). `config.optimizer.lr_mults = ((regex, mult), ...)` scales the final update of
+  the first matching parameters (learning rate and weight decay alike); unmatched ones
+  keep 1. A multiplier of 0 freezes a parameter: the caller leaves it out of `params`.
+  """
   opt = config.optimizer
   schedule = build_schedule(config.schedule, opt.learning_rate, config.total_steps)
   transforms = []
@@ -47,4 +69,7 @@ def build_optimizer(config: ml_collections.ConfigDict, params: Any
   transforms.append(optax.adamw(
       schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
       mask=weight_decay_mask(params, opt.weight_decay_rules)))
+  mults = lr_multipliers(params, opt.get("lr_mults", None) or ())
+  if any(m != 1.0 for m in jax.tree.leaves(mults)):
+    transforms.append(scale_by_multipliers(mults))
   return optax.chain(*transforms), schedule

@@ -11,7 +11,9 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-  """step: int32 scalar; params: the model's parameter tree; opt_state: optax state.
+  """step: int32 scalar; params: every parameter, trainable and frozen (in lora mode
+  also the `lora_a` / `lora_b` factors beside their kernels); opt_state: optax state of
+  the trainable parameters only (`param_rules.split_params`), none for frozen ones.
 
   Randomness is not stored: each step derives its key from the config seed and `step`.
   """

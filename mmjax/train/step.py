@@ -10,29 +10,50 @@ import jax
 import optax
 from jax.sharding import NamedSharding
 
+from mmjax.train.param_rules import merge_params, split_params
 from mmjax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 
 
+def identity(params: Any) -> Any:
+  return params
+
+
 def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, rng: jax.Array
+                    schedule: optax.Schedule, rng: jax.Array, *,
+                    trainable: Any | None = None,
+                    model_params: Callable[[Any], Any] = identity,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """One optimizer step on a global batch. Metrics are means over the global batch.
 
-  Dropout keys are `fold_in(rng, step)`, so a resumed run draws the same randomness.
+  Args:
+    model, task: what to apply and the loss (`task.loss(logits, batch)`).
+    tx, schedule: the optimizer, initialised on the trainable parameters only.
+    rng: dropout keys are `fold_in(rng, step)`, so a resumed run draws the same randomness.
+    trainable: a tree like `state.params` of python bools (`param_rules.trainable_mask`);
+      only True leaves are differentiated and updated, False leaves pass through
+      untouched (bit-identical). None: everything trains.
+    model_params: state params -> the tree `model.apply` takes (`lora.merge_lora`).
   """
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     step_rng = jax.random.fold_in(rng, state.step)
+    if trainable is None:
+      train_params, frozen = state.params, {}
+    else:
+      train_params, frozen = split_params(state.params, trainable)
 
-    def loss_fn(params):
-      logits = model.apply({"params": params}, batch, train=True, rngs={"dropout": step_rng})
+    def loss_fn(train_params):
+      params = train_params if trainable is None else merge_params(train_params, frozen)
+      logits = model.apply({"params": model_params(params)}, batch, train=True,
+                           rngs={"dropout": step_rng})
       return task.loss(logits, batch)
 
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_params)
+    updates, opt_state = tx.update(grads, state.opt_state, train_params)
+    train_params = optax.apply_updates(train_params, updates)
+    params = train_params if trainable is None else merge_params(train_params, frozen)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
                    param_norm=optax.tree.norm(params),
                    learning_rate=schedule(state.step))
@@ -48,11 +69,16 @@ def jit_train_step(train_step: Callable, state_sharding: Any, batch_sharding: Na
 
 
 def make_predict_step(model: nn.Module, task: Any, params_sharding: Any,
-                      batch_sharding: NamedSharding) -> Callable[[Any, Batch], dict]:
-  """(params, batch) -> the task's per-example predictions, sharded like the batch."""
+                      batch_sharding: NamedSharding, *,
+                      model_params: Callable[[Any], Any] = identity
+                      ) -> Callable[[Any, Batch], dict]:
+  """(params, batch) -> the task's per-example predictions, sharded like the batch.
+
+  `model_params` maps the state's parameters to the model's (`lora.merge_lora`).
+  """
 
   def predict_step(params, batch: Batch) -> dict:
-    return task.predict(model.apply({"params": params}, batch, train=False))
+    return task.predict(model.apply({"params": model_params(params)}, batch, train=False))
 
   return jax.jit(predict_step, in_shardings=(params_sharding, batch_sharding),
                  out_shardings=batch_sharding)
