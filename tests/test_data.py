@@ -170,3 +170,18 @@ def test_unknown_dataset_and_split(grading):
                                                          cache=False)))
   with pytest.raises(ValueError, match="has no split 'dev'"):
     grading.source("dev")
+
+
+def test_audio_role_is_a_float_waveform_input():
+  """int16 PCM is scaled to [-1, 1); float waveforms pass through; audio is not a target."""
+  preprocessor = pipeline.Preprocessor({"audio": "wave", "label": "label"}, None)
+  assert preprocessor.targets == ("label",)
+  assert preprocessor.batch_keys == ("audio", "label", "example_mask")
+  pcm = np.array([0, 16384, -32768, 32767], np.int16)
+  batch = preprocessor.collate([preprocessor.example({"wave": pcm, "label": 1}),
+                                preprocessor.example({"wave": pcm[::-1].astype(np.float32)
+                                                      / 32768.0, "label": 0})])
+  assert batch["audio"].dtype == np.float32 and batch["audio"].shape == (2, 4)
+  np.testing.assert_allclose(batch["audio"][0], [0.0, 0.5, -1.0, 32767 / 32768])
+  np.testing.assert_allclose(batch["audio"][1], batch["audio"][0][::-1])
+  np.testing.assert_array_equal(batch["label"], [1, 0])

@@ -6,6 +6,8 @@ models and notebooks):
   image         float32 [B, H, W, C] in [-1, 1]
   text_ids      int32   [B, T]  WordPiece ids, [CLS] first, [PAD]=0 after the text
   text_mask     bool    [B, T]  True on real tokens
+  audio         float32 [B, S]  waveform samples (datasets store them as float32 or int16
+                                PCM, which is scaled to [-1, 1))
   label         int32   [B]     the main target; other targets (e.g. `written_digit`)
                                 are int32 [B] under their own names
   example_mask  bool    [B]     False on padding examples that fill the last eval batch
@@ -37,7 +39,7 @@ from mmjax.data.tokenizer import TextEncoder, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-INPUT_ROLES = ("image", "text")
+INPUT_ROLES = ("image", "text", "audio")
 
 
 @dataclasses.dataclass
@@ -124,7 +126,7 @@ class Preprocessor:
 
   `fields` maps batch roles to the dataset's feature names, e.g. {"image": "image",
   "text": "question", "label": "label", "written_digit": "written_digit"}. The roles
-  `image` and `text` are inputs; every other role is an int32 target of that name.
+  `image`, `text` and `audio` are inputs; every other role is an int32 target of that name.
   """
 
   def __init__(self, fields: dict[str, str], text_encoder: TextEncoder | None):
@@ -138,7 +140,8 @@ class Preprocessor:
   def batch_keys(self) -> tuple[str, ...]:
     """Keys of the arrays that go to the device."""
     inputs = (("image",) if "image" in self.fields else ()) + (
-        ("text_ids", "text_mask") if "text" in self.fields else ())
+        ("text_ids", "text_mask") if "text" in self.fields else ()) + (
+        ("audio",) if "audio" in self.fields else ())
     return inputs + self.targets + ("example_mask",)
 
   def example(self, raw: dict) -> dict:
@@ -148,6 +151,10 @@ class Preprocessor:
     if "text" in self.fields:
       text = raw[self.fields["text"]]
       out["text"] = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+    if "audio" in self.fields:
+      audio = np.asarray(raw[self.fields["audio"]])
+      out["audio"] = (audio.astype(np.float32) / 32768.0 if audio.dtype == np.int16
+                      else audio.astype(np.float32))
     return out
 
   def collate(self, examples: Sequence[dict]) -> dict[str, np.ndarray]:
@@ -157,6 +164,8 @@ class Preprocessor:
       batch["image"] = np.stack([e["image"] for e in examples])
     if "text" in self.fields:
       batch.update(self.text_encoder([e["text"] for e in examples]))
+    if "audio" in self.fields:
+      batch["audio"] = np.stack([e["audio"] for e in examples])
     return batch
 
 
@@ -171,9 +180,19 @@ def make_preprocessor(dataset: Dataset, config: ml_collections.ConfigDict,
   fields = {role: config.data.fields[role] for role in wanted}
   text_encoder = None
   if "text" in modalities:
-    if dataset.tokenizer_path is None:
+    # `config.input.tokenizer`: a pretrained text tower's own tokenizer (file or directory
+    # with tokenizer.json); by default the vocabulary the dataset was built with.
+    path = config.input.get("tokenizer", None)
+    if path:
+      if not os.path.exists(path):
+        raise ConfigError(f"config.input.tokenizer: '{path}' does not exist; expected a "
+                          "tokenizer.json file or a directory holding one")
+      tokenizer = load_tokenizer(path, standard_ids=False)
+    elif dataset.tokenizer_path is None:
       raise ConfigError(f"dataset '{dataset.name}' ships no tokenizer.json for its text")
-    text_encoder = TextEncoder(load_tokenizer(dataset.tokenizer_path), config.input.max_text_len)
+    else:
+      tokenizer = load_tokenizer(dataset.tokenizer_path)
+    text_encoder = TextEncoder(tokenizer, config.input.max_text_len)
   return Preprocessor(fields, text_encoder)
 
 

@@ -53,14 +53,25 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, path: str) -> None:
   tokenizer.save(path)
 
 
-def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
+def load_tokenizer(path: str, *, standard_ids: bool = True) -> PreTrainedTokenizerFast:
+  """A WordPiece `tokenizer.json` (a file, or a directory holding one) as a fast tokenizer.
+
+  With `standard_ids` (mmjax's own vocabularies) the special tokens must have ids 0..4 in
+  SPECIAL_TOKENS order; a pretrained checkpoint's tokenizer (e.g. BERT's, [CLS] = 101)
+  only needs to contain them.
+  """
+  if os.path.isdir(path):
+    path = os.path.join(path, "tokenizer.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"tokenizer file not found: {path}")
   tokenizer = PreTrainedTokenizerFast(
       tokenizer_object=Tokenizer.from_file(path), pad_token="[PAD]", unk_token="[UNK]",
       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+  vocab = tokenizer.get_vocab()
   for token_id, token in enumerate(SPECIAL_TOKENS):
-    if tokenizer.convert_tokens_to_ids(token) != token_id:
+    if token not in vocab:
+      raise ValueError(f"{path}: the vocabulary has no special token {token}")
+    if standard_ids and vocab[token] != token_id:
       raise ValueError(f"{path}: special token {token} should have id {token_id}")
   return tokenizer
 

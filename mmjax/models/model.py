@@ -12,6 +12,7 @@ adding an entry to each (and a builder to `TOWER_BUILDERS` for `build_model`).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ import jax
 import ml_collections
 
 from mmjax.config import ConfigError
+from mmjax.convert.hf_config import tower_from_hf_config
 from mmjax.models import audio as audio_lib
 from mmjax.models import text as text_lib
 from mmjax.models import vit as vit_lib
@@ -115,21 +117,68 @@ def block_options(model_config: ml_collections.ConfigDict, adapter_dim: int = 0)
   return BlockOptions(**block, adapter_dim=adapter_dim)
 
 
+def _module(cls: type[nn.Module], field: str, **kwargs: Any) -> nn.Module:
+  """`cls(**kwargs)`, with an unknown field reported as a ConfigError naming `field`."""
+  known = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+  unknown = sorted(set(kwargs) - known)
+  if unknown:
+    raise ConfigError(f"{field}: unknown field(s) {', '.join(unknown)}; expected some of "
+                      f"{', '.join(sorted(known))}")
+  return cls(**kwargs)
+
+
 def _image_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any],
                  vocab_size: int | None) -> nn.Module:
+  """`config.model.image`: `variant` ("S/16"), size overrides, and other ViT fields
+  (pooler, final_norm, ...)."""
   del vocab_size
   image_cfg = model_config.image.to_dict()
-  return vit_lib.ViT(**vit_lib.parse_variant(image_cfg.pop("variant"), **image_cfg), **common)
+  size = vit_lib.parse_variant(image_cfg.pop("variant"), **image_cfg)
+  rest = {key: value for key, value in image_cfg.items() if key not in size}
+  return _module(vit_lib.ViT, "config.model.image", **size, **rest, **common)
 
 
 def _text_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any],
                 vocab_size: int | None) -> nn.Module:
+  """`config.model.text`: `variant`, `max_len`, size overrides, and other TextEncoder
+  fields (pooler, type_vocab_size, ...)."""
   if vocab_size is None:
     raise ValueError("the text tower needs a vocabulary size")
   text_cfg = model_config.text.to_dict()
-  return text_lib.TextEncoder(
-      vocab_size=vocab_size, max_len=text_cfg.pop("max_len"),
-      **text_lib.parse_variant(text_cfg.pop("variant"), **text_cfg), **common)
+  size = text_lib.parse_variant(text_cfg.pop("variant"), **text_cfg)
+  rest = {key: value for key, value in text_cfg.items() if key not in size}
+  return _module(text_lib.TextEncoder, "config.model.text", vocab_size=vocab_size, **size,
+                 **rest, **common)
+
+
+# Which checkpoint kinds (mmjax.convert) can become which tower.
+PRETRAINED_KINDS = {"image": ("vit", "clip_vision"), "text": ("bert", "clip_text")}
+
+
+def pretrained_tower(modality: str, source: dict[str, str], common: dict[str, Any]
+                     ) -> nn.Module:
+  """The tower of `config.init_from.<modality>` = dict(checkpoint=DIR, kind=KIND): sized and
+  wired like the HF checkpoint (from DIR/config.json), with this run's dtypes, dropout,
+  adapters and attention implementation. Its weights are loaded by the training loop."""
+  from transformers import AutoConfig  # only runs that import weights need transformers
+
+  field = f"config.init_from.{modality}"
+  if set(source) != {"checkpoint", "kind"}:
+    raise ConfigError(f"{field}: expected exactly the fields checkpoint, kind; got "
+                      f"{', '.join(sorted(source))}")
+  kinds = PRETRAINED_KINDS.get(modality, ())
+  if source["kind"] not in kinds:
+    raise ConfigError(f"{field}.kind: '{source['kind']}' cannot initialise the {modality} "
+                      f"tower; expected one of {', '.join(kinds) or '(none)'}")
+  config_file = os.path.join(source["checkpoint"], "config.json")
+  if not os.path.isfile(config_file):
+    raise ConfigError(f"{field}.checkpoint: no config.json in '{source['checkpoint']}'")
+  options = common["options"]
+  return tower_from_hf_config(
+      AutoConfig.from_pretrained(source["checkpoint"]), source["kind"],
+      block_overrides=dict(adapter_dim=options.adapter_dim,
+                           attention_implementation=options.attention_implementation),
+      **{key: value for key, value in common.items() if key != "options"})
 
 
 def _audio_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any],
@@ -153,11 +202,18 @@ TOWER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
 
 def build_model(model_config: ml_collections.ConfigDict, *, modalities: tuple[str, ...],
                 vocab_size: int | None, heads: tuple[HeadSpec, ...],
-                adapter_dim: int = 0) -> MultimodalModel:
+                adapter_dim: int = 0,
+                init_from: Mapping[str, dict[str, str]] | None = None) -> MultimodalModel:
   """Builds the model of `config.model` for the given modalities and heads.
 
   `adapter_dim` > 0 inserts bottleneck adapters into every Transformer block (the
-  `adapters` fine-tuning mode)."""
+  `adapters` fine-tuning mode). A modality named in `init_from` (`config.init_from`) gets
+  the architecture of that pretrained checkpoint instead of `config.model.<modality>`."""
+  init_from = dict(init_from or {})
+  unknown = sorted(set(init_from) - set(modalities))
+  if unknown:
+    raise ConfigError(f"config.init_from: {', '.join(unknown)} is not among the run's "
+                      f"modalities {', '.join(modalities)}")
   dtypes = dict(dtype=dtype_from_name(model_config.dtype),
                 param_dtype=dtype_from_name(model_config.param_dtype))
   common = dict(dtypes, options=block_options(model_config, adapter_dim),
@@ -167,7 +223,10 @@ def build_model(model_config: ml_collections.ConfigDict, *, modalities: tuple[st
     if modality not in TOWER_BUILDERS:
       raise ConfigError(f"config.model.modalities: no tower for '{modality}'; expected some "
                         f"of {', '.join(TOWER_BUILDERS)}")
-    towers[modality] = TOWER_BUILDERS[modality](model_config, common, vocab_size)
+    if modality in init_from:
+      towers[modality] = pretrained_tower(modality, dict(init_from[modality]), common)
+    else:
+      towers[modality] = TOWER_BUILDERS[modality](model_config, common, vocab_size)
   fusion_cfg = model_config.fusion.to_dict()
   fusion = build_fusion(fusion_cfg.pop("kind", None), **fusion_cfg, **common)
   return MultimodalModel(flax.core.FrozenDict(towers), fusion, Heads(heads, **dtypes))

@@ -72,9 +72,6 @@ def build_experiment(config: ml_collections.ConfigDict,
                      devices: list[jax.Device] | None = None) -> Experiment:
   mods = modalities(config)
   finetune = param_rules.Finetune.from_config(config)
-  if config.get("init_from", None):
-    raise ConfigError("config.init_from: loading pretrained weights is not implemented yet; "
-                      "leave it unset")
   dataset = pipeline.open_dataset(config.data)
 
   def num_classes(head: str) -> int:
@@ -88,7 +85,8 @@ def build_experiment(config: ml_collections.ConfigDict,
       dataset, config, mods, [h.name for h in heads if h.name in task.targets])
   vocab_size = preprocessor.text_encoder.vocab_size if preprocessor.text_encoder else None
   model = build_model(config.model, modalities=mods, vocab_size=vocab_size, heads=heads,
-                      adapter_dim=finetune.model_adapter_dim)
+                      adapter_dim=finetune.model_adapter_dim,
+                      init_from=pretrained_sources(config))
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   for field in ("input.batch_size", "evals.batch_size"):
     size = config.input.batch_size if field == "input.batch_size" else config.evals.batch_size
@@ -106,12 +104,33 @@ def initial_params(exp: Experiment) -> dict:
   where they are created.
 
   1. `random_params`: the model's random init.
-  2. (`config.init_from`, not implemented yet: pretrained weights overwrite their
-     subtrees here, before LoRA factors exist.)
+  2. `load_pretrained_towers`: `config.init_from` checkpoints overwrite their towers,
+     before LoRA factors exist (so LoRA starts from the pretrained kernels).
   3. `add_finetune_params`: LoRA factors in lora mode.
   """
   params = random_params(exp)
+  params = load_pretrained_towers(exp, params)
   return add_finetune_params(exp, params)
+
+
+def pretrained_sources(config: ml_collections.ConfigDict) -> dict[str, dict[str, str]]:
+  """`config.init_from` as {modality: dict(checkpoint=DIR, kind=KIND)} (empty if unset)."""
+  init_from = config.get("init_from", None) or {}
+  if hasattr(init_from, "to_dict"):
+    init_from = init_from.to_dict()
+  return {modality: dict(source) for modality, source in init_from.items()}
+
+
+def load_pretrained_towers(exp: Experiment, params: dict) -> dict:
+  """Each `config.init_from.<modality>` checkpoint loaded into `<modality>_encoder/...`;
+  logs what was loaded, new (kept from the random init) and ignored."""
+  from mmjax.convert import load_pretrained  # reads safetensors only when asked to
+
+  for modality, source in pretrained_sources(exp.config).items():
+    params, report = load_pretrained(params, source["checkpoint"], source["kind"],
+                                     prefix=f"{modality}_encoder")
+    log.info("init_from.%s (%s): %s", modality, source["checkpoint"], report)
+  return params
 
 
 def random_params(exp: Experiment) -> dict:
