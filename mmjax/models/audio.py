@@ -12,7 +12,14 @@ import jax.numpy as jnp
 
 from mmjax.config import ConfigError
 from mmjax.models.features import FeatureOptions
-from mmjax.models.layers import BlockOptions, Dtype, Encoder, Tokens, resolve_size
+from mmjax.models.layers import (
+  BlockOptions,
+  Dtype,
+  Encoder,
+  Tokens,
+  prepend_cls_add_positions,
+  resolve_size,
+)
 from mmjax.models.vit import SIZES  # an AST is a ViT on spectrograms: same named sizes
 
 
@@ -110,12 +117,9 @@ class AudioEncoder(nn.Module):
         self.width, (patch, patch), strides=patch, padding="VALID", dtype=self.dtype,
         param_dtype=self.param_dtype, name="patch_embedding")(features[..., None].astype(
             self.dtype))  # [B, time_patches, freq_patches, width]
-    patches = patches.reshape(batch, time_patches * freq_patches, self.width)
-    cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), self.param_dtype)
-    tokens = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (batch, 1, 1)), patches], axis=1)
-    pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
-                     (1, tokens.shape[1], self.width), self.param_dtype)
-    tokens = tokens + pos.astype(self.dtype)
+    tokens = prepend_cls_add_positions(
+        self, patches.reshape(batch, time_patches * freq_patches, self.width),
+        dtype=self.dtype, param_dtype=self.param_dtype)
     tokens = nn.Dropout(self.dropout_rate)(tokens, deterministic=not train)
     if lengths is None:
       mask = jnp.ones(tokens.shape[:2], dtype=bool)

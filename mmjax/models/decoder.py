@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mmjax.models.layers import BlockOptions, Dtype, Encoder, Tokens, dense
+from mmjax.models.layers import BlockOptions, Dtype, Encoder, Tokens, dense, embed_tokens
 
 
 class TextDecoder(nn.Module):
@@ -41,15 +41,9 @@ class TextDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, token_ids: jax.Array, context: Tokens, *, train: bool) -> jax.Array:
-    length = token_ids.shape[1]
-    if length > self.max_len:
-      raise ValueError(f"decoder input length {length} exceeds max_len {self.max_len}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
-                     name="token_embedding", **kw)
-    pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
-                     (1, self.max_len, self.width), self.param_dtype)
-    tokens = embed(token_ids) + pos[:, :length].astype(self.dtype)
+    tokens, embed = embed_tokens(self, token_ids, vocab_size=self.vocab_size, width=self.width,
+                                 max_len=self.max_len, **kw)
     tokens = nn.Dropout(self.dropout_rate)(tokens, deterministic=not train)
     options = dataclasses.replace(self.options, causal=True)
     mask = jnp.ones(token_ids.shape, dtype=bool)

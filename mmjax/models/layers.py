@@ -260,6 +260,38 @@ class Encoder(nn.Module):
     return Tokens(tokens, x.mask)
 
 
+def embed_tokens(module: nn.Module, token_ids: jax.Array, *, vocab_size: int, width: int,
+                 max_len: int, dtype: Dtype, param_dtype: Dtype) -> tuple[jax.Array, nn.Embed]:
+  """Token plus learned absolute position embeddings, [B, T] ids -> [B, T, width].
+
+  Call from a compact method: the parameters `token_embedding/embedding` and
+  `pos_embedding` [1, max_len, width] belong to `module`. Also returns the Embed, whose
+  `attend` gives tied output logits.
+  """
+  length = token_ids.shape[1]
+  if length > max_len:
+    raise ValueError(f"input length {length} exceeds max_len {max_len}")
+  embed = nn.Embed(vocab_size, width, embedding_init=nn.initializers.normal(0.02),
+                   dtype=dtype, param_dtype=param_dtype, name="token_embedding")
+  pos = module.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, max_len, width),
+                     param_dtype)
+  return embed(token_ids) + pos[:, :length].astype(dtype), embed
+
+
+def prepend_cls_add_positions(module: nn.Module, patches: jax.Array, *, dtype: Dtype,
+                              param_dtype: Dtype) -> jax.Array:
+  """Patch tokens [B, N, D] -> [B, 1 + N, D]: a learned [CLS] token (`cls`, zeros) first,
+  then learned position embeddings (`pos_embedding` [1, 1 + N, D]) added; parameters
+  belong to `module` (call from a compact method)."""
+  batch, _, width = patches.shape
+  cls = module.param("cls", nn.initializers.zeros, (1, 1, width), param_dtype)
+  tokens = jnp.concatenate([jnp.tile(cls.astype(dtype), (batch, 1, 1)), patches.astype(dtype)],
+                           axis=1)
+  pos = module.param("pos_embedding", nn.initializers.normal(stddev=0.02),
+                     (1, tokens.shape[1], width), param_dtype)
+  return tokens + pos.astype(dtype)
+
+
 def resolve_size(variant: str, variants: dict[str, dict[str, int]],
                  overrides: dict[str, Any]) -> dict[str, int]:
   """Width/depth/mlp_dim/num_heads of a named size, with non-None overrides applied."""

@@ -16,7 +16,15 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.config import ConfigError
-from mmjax.models.layers import BlockOptions, Dtype, Encoder, Tokens, dense, resolve_size
+from mmjax.models.layers import (
+  BlockOptions,
+  Dtype,
+  Encoder,
+  Tokens,
+  dense,
+  embed_tokens,
+  resolve_size,
+)
 
 SIZES = {
     "nano": dict(width=32, depth=1, mlp_dim=64, num_heads=2),
@@ -91,15 +99,9 @@ class TextEncoder(nn.Module):
     if self.pooler not in POOLERS:
       raise ConfigError(f"TextEncoder.pooler: unknown pooler '{self.pooler}'; expected one of "
                         f"{', '.join(POOLERS)}")
-    length = text_ids.shape[1]
-    if length > self.max_len:
-      raise ValueError(f"text length {length} exceeds the encoder's max_len {self.max_len}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    embed = nn.Embed(self.vocab_size, self.width, embedding_init=nn.initializers.normal(0.02),
-                     name="token_embedding", **kw)
-    pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
-                     (1, self.max_len, self.width), self.param_dtype)
-    tokens = embed(text_ids) + pos[:, :length].astype(self.dtype)
+    tokens, _ = embed_tokens(self, text_ids, vocab_size=self.vocab_size, width=self.width,
+                             max_len=self.max_len, **kw)
     if type_ids is not None and not self.type_vocab_size:
       raise ValueError("type_ids were given but the encoder has no token-type embeddings "
                        "(type_vocab_size=0)")

@@ -15,7 +15,15 @@ import jax
 import jax.numpy as jnp
 
 from mmjax.config import ConfigError
-from mmjax.models.layers import BlockOptions, Dtype, Encoder, Tokens, dense, resolve_size
+from mmjax.models.layers import (
+  BlockOptions,
+  Dtype,
+  Encoder,
+  Tokens,
+  dense,
+  prepend_cls_add_positions,
+  resolve_size,
+)
 
 # width, depth, mlp_dim, num_heads (ViT paper sizes, plus "mu" and "nano" for laptops and tests).
 SIZES = {
@@ -99,12 +107,7 @@ class ViT(nn.Module):
         self.width, (self.patch_size, self.patch_size), strides=self.patch_size,
         padding="VALID", use_bias=self.patch_bias, name="patch_embedding",
         **kw)(images.astype(self.dtype))
-    patches = patches.reshape(batch, -1, self.width)
-    cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), self.param_dtype)
-    tokens = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (batch, 1, 1)), patches], axis=1)
-    pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
-                     (1, tokens.shape[1], self.width), self.param_dtype)
-    tokens = tokens + pos.astype(self.dtype)
+    tokens = prepend_cls_add_positions(self, patches.reshape(batch, -1, self.width), **kw)
     tokens = nn.Dropout(self.dropout_rate)(tokens, deterministic=not train)
     if self.pre_norm:
       tokens = nn.LayerNorm(epsilon=self.options.layer_norm_eps, name="pre_norm", **kw)(tokens)
