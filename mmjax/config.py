@@ -14,6 +14,7 @@ smoke run and the full experiment:
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from typing import Any
 
 import ml_collections
@@ -79,6 +80,16 @@ def modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     raise ConfigError("config.model.modalities is empty; name at least one of "
                       f"{', '.join(known)}")
   return names
+
+
+def check_fields(field: str, given: Iterable[str], allowed: Iterable[str]) -> None:
+  """ConfigError `<field>: unknown field(s) a, b; expected some of ...` when `given` names
+  something outside `allowed`."""
+  allowed = set(allowed)
+  unknown = sorted(set(given) - allowed)
+  if unknown:
+    raise ConfigError(f"{field}: unknown field(s) {', '.join(unknown)}; expected some of "
+                      f"{', '.join(sorted(allowed))}")
 
 
 def import_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

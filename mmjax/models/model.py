@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from mmjax.config import ConfigError
+from mmjax.config import ConfigError, check_fields
 from mmjax.convert.hf_config import tower_from_hf_config
 from mmjax.models import audio as audio_lib
 from mmjax.models import text as text_lib
@@ -108,22 +108,15 @@ def head_specs(model_config: ml_collections.ConfigDict, modalities: tuple[str, .
 def block_options(model_config: ml_collections.ConfigDict, adapter_dim: int = 0) -> BlockOptions:
   """`config.model.block` (optional: norm_position, activation, layer_norm_eps,
   attention_implementation) as BlockOptions, with adapters of `adapter_dim`."""
-  fields = {f.name for f in dataclasses.fields(BlockOptions)} - {"adapter_dim", "causal"}
   block = dict(model_config.get("block", None) or {})
-  unknown = sorted(set(block) - fields)
-  if unknown:
-    raise ConfigError(f"config.model.block: unknown field(s) {', '.join(unknown)}; expected "
-                      f"some of {', '.join(sorted(fields))}")
+  check_fields("config.model.block", block,
+               {f.name for f in dataclasses.fields(BlockOptions)} - {"adapter_dim", "causal"})
   return BlockOptions(**block, adapter_dim=adapter_dim)
 
 
 def _module(cls: type[nn.Module], field: str, **kwargs: Any) -> nn.Module:
   """`cls(**kwargs)`, with an unknown field reported as a ConfigError naming `field`."""
-  known = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
-  unknown = sorted(set(kwargs) - known)
-  if unknown:
-    raise ConfigError(f"{field}: unknown field(s) {', '.join(unknown)}; expected some of "
-                      f"{', '.join(sorted(known))}")
+  check_fields(field, kwargs, {f.name for f in dataclasses.fields(cls)} - {"parent", "name"})
   return cls(**kwargs)
 
 

@@ -88,9 +88,9 @@ def build_experiment(config: ml_collections.ConfigDict,
                       adapter_dim=finetune.model_adapter_dim,
                       init_from=pretrained_sources(config))
   mesh = sharding_lib.make_mesh(config.mesh, devices)
-  for field in ("input.batch_size", "evals.batch_size"):
-    size = config.input.batch_size if field == "input.batch_size" else config.evals.batch_size
-    parts = math.lcm(mesh.size, jax.process_count())
+  parts = math.lcm(mesh.size, jax.process_count())
+  for field, size in (("input.batch_size", config.input.batch_size),
+                      ("evals.batch_size", config.evals.batch_size)):
     if size % parts:
       raise ConfigError(f"config.{field}={size} must be divisible by the {mesh.size} devices "
                         f"of the mesh and the {jax.process_count()} processes")
@@ -99,17 +99,19 @@ def build_experiment(config: ml_collections.ConfigDict,
   return Experiment(config, dataset, preprocessor, model, task, mesh, finetune)
 
 
-def initial_params(exp: Experiment) -> dict:
+def initial_params(exp: Experiment, *, pretrained: bool = True) -> dict:
   """The parameters training starts from, replicated over the mesh: the one place
   where they are created.
 
   1. `random_params`: the model's random init.
   2. `load_pretrained_towers`: `config.init_from` checkpoints overwrite their towers,
-     before LoRA factors exist (so LoRA starts from the pretrained kernels).
+     before LoRA factors exist (so LoRA starts from the pretrained kernels). Skipped with
+     `pretrained=False`, when a workdir checkpoint will overwrite every parameter anyway.
   3. `add_finetune_params`: LoRA factors in lora mode.
   """
   params = random_params(exp)
-  params = load_pretrained_towers(exp, params)
+  if pretrained:
+    params = load_pretrained_towers(exp, params)
   return add_finetune_params(exp, params)
 
 
@@ -301,13 +303,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   exp = build_experiment(config, devices)  # config mistakes surface here, before any write
   os.makedirs(workdir, exist_ok=True)
   record_config(config, workdir)
-  state, setup = create_state(exp)
+  checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
+  latest = checkpointer.latest_step()
+  state, setup = create_state(exp, initial_params(exp, pretrained=latest is None))
   log.info("parameters: %s trainable / %s total (finetune mode %s); mesh %s",
            f"{setup.num_trainable:,}", f"{setup.num_total:,}", exp.finetune.mode,
            dict(exp.mesh.shape))
 
-  checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
-  latest = checkpointer.latest_step()
   writer = MetricWriter(workdir, resume_step=latest)
   batches = pipeline.train_iterator(
       exp.dataset.source(config.data.train_split), exp.preprocessor,
@@ -372,12 +374,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Evaluates the newest checkpoint in `workdir` on `config.evals.splits`."""
   exp = build_experiment(config)
-  state, setup = create_state(exp)
   checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
   latest = checkpointer.latest_step()
   if latest is None:
     raise ConfigError(f"--workdir {workdir}: no checkpoint to evaluate in "
                       f"{checkpointer.directory}")
+  state, setup = create_state(exp, initial_params(exp, pretrained=False))
   state, _ = checkpointer.restore(latest, state)
   checkpointer.close()
   results = run_evaluators(
