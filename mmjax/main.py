@@ -114,8 +114,7 @@ def main(argv: list[str]) -> None:
     name, value = loop.headline(config, results)
     minutes = (time.perf_counter() - started) / 60
     print(f"\nResults in {os.path.abspath(workdir)} ({command} took {minutes:.1f} min):")
-    print(f"  eval.json      {name} = {value:.4f}  (all splits: accuracy, precision, "
-          "recall, F1, confusion matrix)")
+    print(f"  eval.json      {name} = {value:.4f}  (and every metric of every evaluation)")
     print("  metrics.jsonl  training curves; tensorboard/ for TensorBoard; checkpoints/")
 
 

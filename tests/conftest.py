@@ -34,6 +34,17 @@ def grading(data_dir):
 
 
 @pytest.fixture(scope="session")
+def scenes(data_dir):
+  """The prepared `edu_scenes` dataset."""
+  import ml_collections
+
+  from mmjax.data import pipeline
+
+  return pipeline.open_dataset(ml_collections.ConfigDict(
+      dict(name="edu_scenes", data_dir=data_dir, cache=False)))
+
+
+@pytest.fixture(scope="session")
 def runlocal_workdir(data_dir, tmp_path_factory) -> str:
   """A workdir after training the default experiment's `runlocal` config (60 steps)."""
   from mmjax.train import loop

@@ -6,7 +6,7 @@ import pytest
 from mmjax.data import pipeline
 from mmjax.data.builders.edu_grading import questions
 from mmjax.data.builders.edu_grading.edu_grading import load_digit_images
-from mmjax.data.tokenizer import SPECIAL_TOKENS, TextEncoder, load_tokenizer
+from mmjax.data.tokenizer import SPECIAL_TOKENS, TextEncoder, build_wordpiece, load_tokenizer
 
 
 def all_examples(grading, split):
@@ -185,3 +185,23 @@ def test_audio_role_is_a_float_waveform_input():
   np.testing.assert_allclose(batch["audio"][0], [0.0, 0.5, -1.0, 32767 / 32768])
   np.testing.assert_allclose(batch["audio"][1], batch["audio"][0][::-1])
   np.testing.assert_array_equal(batch["label"], [1, 0])
+
+
+def test_vocabulary_build_is_deterministic_and_covers_its_text(tmp_path):
+  texts = ["What is 7 - 3?", "Subtract four from 8.", "Maya has 12 apples.", "what is 9?"]
+  paths = [str(tmp_path / f"v{i}.json") for i in range(2)]
+  for path in paths:
+    build_wordpiece(texts * 3, 200, path)
+  assert open(paths[0], "rb").read() == open(paths[1], "rb").read()
+  tokenizer = load_tokenizer(paths[0])
+  vocab = tokenizer.get_vocab()
+  # Specials first, then characters, then words by count: "what" and "is" (twice) before
+  # the words seen once; every word here fits, so each is one token.
+  assert [vocab[t] for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+  assert vocab["what"] < vocab["apples"] and vocab["is"] < vocab["apples"]
+  assert tokenizer.tokenize("Subtract four") == ["subtract", "four"]
+  # An unseen word of known characters is spelled out, not [UNK].
+  assert tokenizer.tokenize("wham") == ["w", "##h", "##a", "##m"]
+  # Too small a vocabulary for the characters is an error, not a silent [UNK].
+  with pytest.raises(ValueError, match="cannot hold"):
+    build_wordpiece(texts, 10, paths[0])

@@ -5,11 +5,10 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from mmjax.config import ConfigError
-from mmjax.train import loop
+from mmjax.train import checkpoint, loop
 
 from conftest import load_config
 
@@ -29,13 +28,7 @@ def train_losses(workdir):
 
 
 def final_params(workdir):
-  checkpoints = os.path.join(workdir, "checkpoints")
-  step = max(int(name) for name in os.listdir(checkpoints) if name.isdigit())
-  path = os.path.join(checkpoints, str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                          checkpointer.metadata(path).item_metadata.tree)
-  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))["params"]
+  return checkpoint.read_params(workdir)
 
 
 def assert_trees_close(a, b, atol):
@@ -111,7 +104,7 @@ def test_eight_devices_match_one_device(data_dir, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"checkpoint.every_steps": 15}, "must be a multiple of config.log_every_steps"),
-    ({"evals.splits": ("validation",)}, "names split 'test', which is not in"),
+    ({"evals.splits": ("validation",)}, "names 'test', which is none of the evaluations"),
     ({"evals.batch_size": 100}, r"config.evals.batch_size=100 must be divisible by the 8 devices"),
     ({"input.batch_size": 12}, r"config.input.batch_size=12 must be divisible by the 8 devices"),
     ({"evals.splits": ("test", "dev")}, "has no split 'dev'"),

@@ -38,8 +38,10 @@ class ConversionReport:
 
   def __str__(self) -> str:
     where = f"'{self.prefix}'" if self.prefix else "the parameter tree"
+    subtrees = collections.Counter(name.split("/")[0] for name in self.loaded)
     parts = [f"Loaded {len(self.loaded)} parameters ({self.num_values:,} values) of "
-             f"{self.checkpoint} ({self.kind}) into {where}"]
+             f"{self.checkpoint} ({self.kind}) into {where} ("
+             + ", ".join(f"{tree} {count}" for tree, count in subtrees.items()) + ")"]
     if self.new:
       parts.append(f"{len(self.new)} new, not in the checkpoint, keep their initial values: "
                    f"{_short(self.new)}")

@@ -129,10 +129,13 @@ class Preprocessor:
   `image`, `text` and `audio` are inputs; every other role is an int32 target of that name.
   """
 
-  def __init__(self, fields: dict[str, str], text_encoder: TextEncoder | None):
+  def __init__(self, fields: dict[str, str], text_encoder: TextEncoder | None, *,
+               image_size: Sequence[int] | None = None, image_channels: int | None = None):
     self.fields = dict(fields)
     self.targets = tuple(role for role in fields if role not in INPUT_ROLES)
     self.text_encoder = text_encoder
+    self.image_size = tuple(image_size) if image_size else None
+    self.image_channels = image_channels
     if "text" in fields and text_encoder is None:
       raise ValueError("a text field needs a tokenizer; the dataset has no tokenizer.json")
 
@@ -144,10 +147,15 @@ class Preprocessor:
         ("audio",) if "audio" in self.fields else ())
     return inputs + self.targets + ("example_mask",)
 
+  @property
+  def image_options(self) -> dict:
+    return dict(image_size=self.image_size, image_channels=self.image_channels)
+
   def example(self, raw: dict) -> dict:
     out = {role: np.int32(raw[self.fields[role]]) for role in self.targets}
     if "image" in self.fields:
-      out["image"] = raw[self.fields["image"]].astype(np.float32) * (2.0 / 255.0) - 1.0
+      image = convert_image(raw[self.fields["image"]], self.image_size, self.image_channels)
+      out["image"] = image.astype(np.float32) * (2.0 / 255.0) - 1.0
     if "text" in self.fields:
       text = raw[self.fields["text"]]
       out["text"] = text.decode("utf-8") if isinstance(text, bytes) else str(text)
@@ -167,6 +175,22 @@ class Preprocessor:
     if "audio" in self.fields:
       batch["audio"] = np.stack([e["audio"] for e in examples])
     return batch
+
+
+def convert_image(image: np.ndarray, size: Sequence[int] | None, channels: int | None
+                  ) -> np.ndarray:
+  """An image [H, W, C] resized to `size` (H', W') by nearest neighbour (an exact repeat
+  for integer factors) and, for `channels` = 3 from 1, grey repeated into RGB."""
+  if size is not None and tuple(image.shape[:2]) != tuple(size):
+    rows = np.arange(size[0]) * image.shape[0] // size[0]
+    cols = np.arange(size[1]) * image.shape[1] // size[1]
+    image = image[rows][:, cols]
+  if channels is not None and image.shape[-1] != channels:
+    if image.shape[-1] != 1:
+      raise ConfigError(f"config.input.image_channels={channels}: images have "
+                        f"{image.shape[-1]} channels; only 1-channel (grey) images convert")
+    image = np.repeat(image, channels, axis=-1)
+  return image
 
 
 def make_preprocessor(dataset: Dataset, config: ml_collections.ConfigDict,
@@ -193,7 +217,9 @@ def make_preprocessor(dataset: Dataset, config: ml_collections.ConfigDict,
     else:
       tokenizer = load_tokenizer(dataset.tokenizer_path)
     text_encoder = TextEncoder(tokenizer, config.input.max_text_len)
-  return Preprocessor(fields, text_encoder)
+  # Optional: the image size and channels a pretrained image tower expects.
+  return Preprocessor(fields, text_encoder, image_size=config.input.get("image_size", None),
+                      image_channels=config.input.get("image_channels", None))
 
 
 def local_batch_size(global_batch_size: int) -> int:

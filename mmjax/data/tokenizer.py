@@ -1,6 +1,6 @@
-"""WordPiece vocabularies: trained with `tokenizers`, loaded through `transformers`.
+"""WordPiece vocabularies: built from a corpus, loaded through `transformers`.
 
-A dataset builder trains a small vocabulary on its own text and saves it as
+A dataset builder builds a small vocabulary from its own text and saves it as
 `tokenizer.json` next to the dataset; `load_tokenizer` reads it back as a
 `transformers.PreTrainedTokenizerFast` built from the `tokenizers` object
 (`BertTokenizerFast(vocab_file=...)` would silently ignore the file in transformers 5).
@@ -8,6 +8,7 @@ A dataset builder trains a small vocabulary on its own text and saves it as
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -24,7 +25,6 @@ from tokenizers import (  # noqa: E402
   normalizers,
   pre_tokenizers,
   processors,
-  trainers,  # noqa: E402
 )
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
@@ -34,22 +34,41 @@ PAD_ID = 0
 log = logging.getLogger(__name__)
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int, path: str) -> None:
-  """Trains a lower-cased BERT-style WordPiece vocabulary and saves it to `path`.
+def build_wordpiece(texts: Iterable[str], vocab_size: int, path: str) -> None:
+  """Builds a lower-cased BERT-style WordPiece vocabulary from `texts`, deterministically,
+  and saves it to `path`.
+
+  The vocabulary is the special tokens (ids 0..4), every character seen (alone and as a
+  `##` continuation, so no text of those characters becomes [UNK]), then whole words by
+  descending count (ties in alphabetical order) up to `vocab_size`. Generated corpora
+  have closed vocabularies, so every word of theirs is one token when `vocab_size` allows.
+  (The `tokenizers` trainer breaks ties in hash order, which differs between processes;
+  a dataset built twice would get two vocabularies.)
 
   Encoding adds [CLS] at the start and [SEP] at the end of every text.
   """
-  tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-  tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-  tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  normalizer = normalizers.BertNormalizer(lowercase=True)
+  pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  counts = collections.Counter(
+      word for text in texts
+      for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+  chars = sorted({char for word in counts for char in word})
+  vocab = list(SPECIAL_TOKENS) + chars + [f"##{char}" for char in chars]
+  if len(vocab) > vocab_size:
+    raise ValueError(f"vocab_size={vocab_size} cannot hold the {len(vocab)} special tokens "
+                     "and characters of these texts")
+  known = set(vocab)
+  words = sorted((w for w in counts if w not in known), key=lambda w: (-counts[w], w))
+  vocab += words[:vocab_size - len(vocab)]
+  tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)},
+                                         unk_token="[UNK]", max_input_chars_per_word=100))
+  tokenizer.normalizer = normalizer
+  tokenizer.pre_tokenizer = pre_tokenizer
   tokenizer.decoder = decoders.WordPiece()
-  trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                      show_progress=False)
-  tokenizer.train_from_iterator(texts, trainer=trainer)
-  cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
   tokenizer.post_processor = processors.TemplateProcessing(
       single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-      special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+      special_tokens=[("[CLS]", SPECIAL_TOKENS.index("[CLS]")),
+                      ("[SEP]", SPECIAL_TOKENS.index("[SEP]"))])
   tokenizer.save(path)
 
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mmjax.evaluate.metrics import classification_metrics
+from mmjax.evaluate.metrics import classification_metrics, retrieval_metrics
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -21,6 +21,23 @@ def to_host(x: jax.Array) -> np.ndarray:
   if jax.process_count() > 1:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
+
+
+def real_outputs(predict_fn: Callable[[Any, dict], Any], params: Any, batches: Iterable[dict],
+                 to_device: Callable[[dict], dict]) -> Iterator[tuple[dict, Any]]:
+  """(batch, predict_fn(params, batch)) for each batch, gathered to the host as numpy,
+  keeping only the real examples (rows with example_mask True) of every array."""
+  for batch in batches:
+    device_batch = to_device(batch)
+    outputs = predict_fn(params, device_batch)
+    keep = to_host(device_batch["example_mask"])
+    real = lambda x, keep=keep: to_host(x)[keep]  # noqa: E731
+    yield {key: real(value) for key, value in device_batch.items()}, jax.tree.map(real, outputs)
+
+
+def concatenate(rows: list[Any]) -> Any:
+  """A list of like-structured trees of arrays -> one tree, concatenated on axis 0."""
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *rows)
 
 
 class ClassificationEvaluator:
@@ -42,17 +59,15 @@ class ClassificationEvaluator:
     """{head: {"label", "prediction", "probabilities"}} for every real example: in split
     order with one process; with several, batch by batch, process by process."""
     collected: dict[str, dict[str, list]] = {}
-    for batch in self.batches():
-      device_batch = self.to_device(batch)
-      outputs = self.predict_fn(params, device_batch)
-      keep = to_host(device_batch["example_mask"])
+    for batch, outputs in real_outputs(self.predict_fn, params, self.batches(),
+                                       self.to_device):
       for head, out in outputs.items():
         if head not in self.num_classes:
           continue
         rows = collected.setdefault(head, {"label": [], "prediction": [], "probabilities": []})
-        rows["label"].append(to_host(device_batch[head])[keep])
-        rows["prediction"].append(to_host(out["prediction"])[keep])
-        rows["probabilities"].append(to_host(out["probabilities"])[keep])
+        rows["label"].append(batch[head])
+        rows["prediction"].append(out["prediction"])
+        rows["probabilities"].append(out["probabilities"])
     return {head: {k: np.concatenate(v) for k, v in rows.items()}
             for head, rows in collected.items()}
 
@@ -62,3 +77,65 @@ class ClassificationEvaluator:
       for name, value in classification_metrics(out["label"], out["prediction"],
                                                 self.num_classes[head]).items():
         yield prefix + name, value
+
+
+class PretrainEvaluator:
+  """Pre-training metrics on one split: zero-shot image->text and text->image retrieval
+  R@1/5/10 among all of the split's examples (each image's own caption is its only
+  positive), and the accuracies of the objectives the model computes: ITM (positive,
+  hardest negative text, hardest negative image, mined within each eval batch), MLM and
+  captioning (next-token) accuracy on their target tokens.
+  """
+
+  def __init__(self, predict_fn: Callable[[Any, dict], dict], batches: Callable[[], Iterable],
+               to_device: Callable[[dict], dict], ks: tuple[int, ...] = (1, 5, 10)):
+    self.predict_fn = predict_fn
+    self.batches = batches
+    self.to_device = to_device
+    self.ks = ks
+
+  def run(self, params: Any) -> Iterator[tuple[str, Any]]:
+    out = concatenate([outputs for _, outputs in real_outputs(
+        self.predict_fn, params, self.batches(), self.to_device)])
+    embeddings = out.pop("embeddings")
+    similarity = embeddings["image"].astype(np.float64) @ embeddings["text"].astype(np.float64).T
+    yield from retrieval_metrics(similarity, self.ks).items()
+    for name, counts in out.items():
+      yield f"{name}_accuracy", float(counts["correct"].sum() / max(counts["count"].sum(), 1))
+    yield "num_examples", int(len(similarity))
+
+
+class ZeroShotEvaluator:
+  """Zero-shot classification: each class is the mean normalised text embedding of its
+  prompts (`templates` filled with the class's name); an image gets the class whose
+  embedding is most similar to its own.
+
+  `embed_fn(params, batch)` -> {"image": [B, E]} and/or {"text": [B, E]}; `prompts` is the
+  tokenized prompts, [num_classes * num_templates] rows, class-major.
+  """
+
+  def __init__(self, embed_fn: Callable[[Any, dict], dict], batches: Callable[[], Iterable],
+               to_device: Callable[[dict], dict], prompts: dict[str, np.ndarray],
+               num_classes: int, label: str = "label"):
+    self.embed_fn = embed_fn
+    self.batches = batches
+    self.to_device = to_device
+    self.prompts = prompts
+    self.num_classes = num_classes
+    self.label = label
+
+  def class_embeddings(self, params: Any) -> np.ndarray:
+    """[num_classes, E], unit norm."""
+    text = concatenate([out["text"] for _, out in real_outputs(
+        self.embed_fn, params, [self.prompts], self.to_device)])
+    text = text.reshape(self.num_classes, -1, text.shape[-1]).mean(axis=1)
+    return text / np.linalg.norm(text, axis=-1, keepdims=True)
+
+  def run(self, params: Any) -> Iterator[tuple[str, Any]]:
+    classes = self.class_embeddings(params)
+    labels, predictions = [], []
+    for batch, out in real_outputs(self.embed_fn, params, self.batches(), self.to_device):
+      labels.append(batch[self.label])
+      predictions.append(np.argmax(out["image"] @ classes.T, axis=-1))
+    yield from classification_metrics(np.concatenate(labels), np.concatenate(predictions),
+                                      self.num_classes).items()

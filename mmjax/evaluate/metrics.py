@@ -43,3 +43,26 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
       "num_examples": int(len(labels)),
       "confusion_matrix": matrix.tolist(),
   }
+
+
+def retrieval_ranks(similarity: np.ndarray) -> np.ndarray:
+  """For each row query i of [N, N] similarities whose only positive is column i, its
+  0-based rank: how many other columns score at least as high (ties count against it)."""
+  similarity = np.asarray(similarity)
+  positive = np.diag(similarity)[:, None]
+  ahead = similarity >= positive
+  np.fill_diagonal(ahead, False)
+  return ahead.sum(axis=1)
+
+
+def retrieval_metrics(similarity: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+  """Recall@k both ways from [N images, N texts] similarities, image i matching text i:
+  `i2t_r<k>` (rows as queries) and `t2i_r<k>` (columns), each the fraction of queries
+  whose positive ranks in the top k, plus their mean `mean_recall`."""
+  metrics = {}
+  for direction, matrix in (("i2t", similarity), ("t2i", np.asarray(similarity).T)):
+    ranks = retrieval_ranks(matrix)
+    for k in ks:
+      metrics[f"{direction}_r{k}"] = float(np.mean(ranks < k))
+  metrics["mean_recall"] = float(np.mean(list(metrics.values())))
+  return metrics

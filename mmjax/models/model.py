@@ -223,3 +223,56 @@ def build_model(model_config: ml_collections.ConfigDict, *, modalities: tuple[st
   fusion_cfg = model_config.fusion.to_dict()
   fusion = build_fusion(fusion_cfg.pop("kind", None), **fusion_cfg, **common)
   return MultimodalModel(flax.core.FrozenDict(towers), fusion, Heads(heads, **dtypes))
+
+
+def build_pretrain_model(model_config: ml_collections.ConfigDict, *,
+                         objectives: tuple[str, ...], vocab_size: int, contrastive: str,
+                         mask_prob: float, mask_id: int, num_special: int,
+                         negative_scale: float = 0.0) -> nn.Module:
+  """The pre-training model (mmjax/models/pretrain.py) of `config.model`: image and text
+  towers and fusion as for fine-tuning, `embed_dim` for the contrastive space, and
+  `decoder` = dict(width, depth, mlp_dim, num_heads) when `caption` is an objective."""
+  from mmjax.models.decoder import TextDecoder
+  from mmjax.models.pretrain import CONTRASTIVE, OBJECTIVES, PretrainModel
+
+  unknown = [name for name in objectives if name not in OBJECTIVES]
+  if unknown:
+    raise ConfigError(f"config.losses: unknown objective(s) {', '.join(unknown)}; expected "
+                      f"some of {', '.join(OBJECTIVES)}")
+  if contrastive not in CONTRASTIVE:
+    raise ConfigError(f"config.task.contrastive: unknown '{contrastive}'; expected one of "
+                      f"{', '.join(CONTRASTIVE)}")
+  dtypes = dict(dtype=dtype_from_name(model_config.dtype),
+                param_dtype=dtype_from_name(model_config.param_dtype))
+  options = block_options(model_config)
+  common = dict(dtypes, options=options, dropout_rate=model_config.dropout_rate)
+  fusion = None
+  if {"itm", "mlm"} & set(objectives):
+    fusion_cfg = model_config.fusion.to_dict()
+    kind = fusion_cfg.pop("kind", None)
+    if kind == "late":
+      raise ConfigError("config.model.fusion.kind: 'late' fusion has no joint tokens for "
+                        "the itm and mlm objectives; use concat, merged, co_attention or "
+                        "cross_attention")
+    fusion = build_fusion(kind, **fusion_cfg, **common)
+  decoder = None
+  if "caption" in objectives:
+    if not model_config.get("decoder", None):
+      raise ConfigError("config.model.decoder: the caption objective needs a decoder, "
+                        "dict(width=..., depth=..., mlp_dim=..., num_heads=...)")
+    decoder_cfg = model_config.decoder.to_dict()
+    check_fields("config.model.decoder", decoder_cfg,
+                 {"width", "depth", "mlp_dim", "num_heads", "tie_embeddings"})
+    decoder = TextDecoder(vocab_size=vocab_size, max_len=model_config.text.max_len,
+                          **decoder_cfg, **common)
+  embed_dim = model_config.get("embed_dim", None)
+  if not isinstance(embed_dim, int) or embed_dim <= 0:
+    raise ConfigError(f"config.model.embed_dim: expected a positive integer (the contrastive "
+                      f"embedding size), got {embed_dim!r}")
+  return PretrainModel(
+      image_encoder=_image_tower(model_config, common, vocab_size),
+      text_encoder=_text_tower(model_config, common, vocab_size),
+      fusion=fusion, caption_decoder=decoder, objectives=tuple(objectives),
+      embed_dim=embed_dim, vocab_size=vocab_size, contrastive=contrastive,
+      negative_scale=float(negative_scale), mask_prob=mask_prob,
+      mask_id=mask_id, num_special=num_special, **dtypes)

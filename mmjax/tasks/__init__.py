@@ -1,24 +1,32 @@
 """Tasks bind head outputs to targets: loss, predictions, metrics (by `config.task.name`)."""
 
+import dataclasses
 from collections.abc import Callable
 
 import ml_collections
 
-from mmjax.config import ConfigError, did_you_mean
+from mmjax.config import ConfigError, check_fields, did_you_mean
 from mmjax.tasks.classification import ClassificationTask
+from mmjax.tasks.pretrain import PretrainTask
 
 TASKS = {
     "classification": ClassificationTask,
+    "pretrain": PretrainTask,
 }
 
 
 def build_task(config: ml_collections.ConfigDict, num_classes: Callable[[str], int]):
-  """The task of `config.task`, trained on the heads weighted in `config.losses`."""
+  """The task of `config.task`, trained on the heads (or, for `pretrain`, the objectives)
+  weighted in `config.losses`."""
   kwargs = config.task.to_dict()
   name = kwargs.pop("name")
   if name not in TASKS:
     raise ConfigError(f"config.task.name: unknown task '{name}'; expected one of "
                       f"{', '.join(TASKS)}")
+  check_fields("config.task", kwargs, {f.name for f in dataclasses.fields(TASKS[name])} -
+               {"weights", "num_classes"})
+  if name == "pretrain":
+    return PretrainTask(weights={k: float(w) for k, w in config.losses.items()}, **kwargs)
   heads = list(config.model.heads.keys())
   for head in config.losses.keys():
     if head not in heads:

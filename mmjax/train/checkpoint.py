@@ -13,7 +13,11 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from mmjax.config import ConfigError
+from mmjax.convert.report import ConversionReport
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +57,83 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def state_directory(path: str) -> str:
+  """The saved TrainState under `path`: a workdir (its newest checkpoint), a
+  `checkpoints/` directory, or one step directory (`.../checkpoints/1000`)."""
+  path = os.path.abspath(path)
+  for candidate in (path, os.path.join(path, "checkpoints")):
+    if os.path.isdir(os.path.join(candidate, "state")):
+      return os.path.join(candidate, "state")
+    if os.path.isdir(candidate):
+      steps = [int(name) for name in os.listdir(candidate)
+               if name.isdigit() and os.path.isdir(os.path.join(candidate, name, "state"))]
+      if steps:
+        return os.path.join(candidate, str(max(steps)), "state")
+  raise ConfigError(f"config.init_from: no mmjax checkpoint in '{path}'; expected a workdir, "
+                    "its checkpoints/ directory or a checkpoint step directory")
+
+
+def read_params(path: str) -> dict:
+  """The parameters of a saved TrainState (see `state_directory`) as numpy arrays, read
+  on the host whatever the mesh it was saved from (no pickle is involved)."""
+  directory = state_directory(path)
+  checkpointer = ocp.PyTreeCheckpointer()
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # orbax warns that the step's metadata is elsewhere
+  try:
+    tree = checkpointer.metadata(directory).item_metadata.tree
+  finally:
+    absl_logger.setLevel(level)
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(directory, args=ocp.args.PyTreeRestore(restore_args=args))["params"]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  """{"a/b/kernel": leaf} for a nested dict of arrays."""
+  flat = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, dict) or hasattr(value, "items"):
+      flat.update(flatten(value, path + "/"))
+    else:
+      flat[path] = value
+  return flat
+
+
+def load_matching(params: Any, source: dict, name: str) -> tuple[Any, ConversionReport]:
+  """`params` with every leaf whose path `source` (another run's parameters) also has
+  replaced by that value, cast to the leaf's dtype and placed with its sharding.
+
+  Paths only in `params` keep their value (new: heads of another task); paths only in
+  `source` are ignored (the other task's heads). A shared path whose shapes differ is a
+  ConfigError listing them all: the two models' architectures disagree.
+  """
+  ours, theirs = flatten(params), flatten(source)
+  mismatched = [f"{path} {tuple(theirs[path].shape)} vs {tuple(leaf.shape)}"
+                for path, leaf in ours.items()
+                if path in theirs and tuple(theirs[path].shape) != tuple(leaf.shape)]
+  if mismatched:
+    raise ConfigError(f"config.init_from: {len(mismatched)} parameter(s) of '{name}' have "
+                      f"other shapes than this model's (checkpoint vs model): "
+                      f"{'; '.join(mismatched)}")
+  report = ConversionReport(name, "mmjax")
+  for path in ours:
+    if path in theirs:
+      report.loaded.append(path)
+      report.num_values += int(np.prod(theirs[path].shape))
+    else:
+      report.new.append(path)
+  for path in theirs:
+    if path not in ours:
+      report.ignore(path, "not in this model")
+
+  def pick(path, leaf):
+    key = "/".join(str(getattr(k, "key", k)) for k in path)
+    if key not in theirs:
+      return leaf
+    return jax.device_put(np.asarray(theirs[key]).astype(leaf.dtype), leaf.sharding)
+
+  return jax.tree_util.tree_map_with_path(pick, params), report

@@ -22,12 +22,14 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from mmjax.config import ConfigError, modalities
+from mmjax.config import ConfigError, check_fields, modalities
 from mmjax.data import pipeline
-from mmjax.evaluate.evaluators import ClassificationEvaluator
+from mmjax.evaluate import evaluators as evaluators_lib
 from mmjax.models import lora
-from mmjax.models.model import build_model, head_specs
+from mmjax.models.model import build_model, build_pretrain_model, head_specs
 from mmjax.tasks import build_task
+from mmjax.tasks.pretrain import PretrainTask
+from mmjax.train import checkpoint as checkpoint_lib
 from mmjax.train import param_rules
 from mmjax.train import sharding as sharding_lib
 from mmjax.train.checkpoint import Checkpointer
@@ -80,13 +82,25 @@ def build_experiment(config: ml_collections.ConfigDict,
     return dataset.num_classes(config.data.fields[head])
 
   task = build_task(config, num_classes)
-  heads = head_specs(config.model, mods, num_classes)
-  preprocessor = pipeline.make_preprocessor(
-      dataset, config, mods, [h.name for h in heads if h.name in task.targets])
-  vocab_size = preprocessor.text_encoder.vocab_size if preprocessor.text_encoder else None
-  model = build_model(config.model, modalities=mods, vocab_size=vocab_size, heads=heads,
-                      adapter_dim=finetune.model_adapter_dim,
-                      init_from=pretrained_sources(config))
+  if isinstance(task, PretrainTask):
+    preprocessor = pipeline.make_preprocessor(dataset, config, mods, [])
+    if set(mods) != {"image", "text"} or preprocessor.text_encoder is None:
+      raise ConfigError("config.model.modalities: pre-training needs image,text, got "
+                        f"{config.model.modalities}")
+    tokenizer = preprocessor.text_encoder.tokenizer
+    model = build_pretrain_model(
+        config.model, objectives=tuple(task.weights), vocab_size=len(tokenizer),
+        contrastive=task.contrastive, mask_prob=task.mask_prob,
+        negative_scale=task.negative_scale,
+        mask_id=tokenizer.mask_token_id, num_special=max(tokenizer.all_special_ids) + 1)
+  else:
+    heads = head_specs(config.model, mods, num_classes)
+    preprocessor = pipeline.make_preprocessor(
+        dataset, config, mods, [h.name for h in heads if h.name in task.targets])
+    vocab_size = preprocessor.text_encoder.vocab_size if preprocessor.text_encoder else None
+    model = build_model(config.model, modalities=mods, vocab_size=vocab_size, heads=heads,
+                        adapter_dim=finetune.model_adapter_dim,
+                        init_from=pretrained_sources(config))
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   parts = math.lcm(mesh.size, jax.process_count())
   for field, size in (("input.batch_size", config.input.batch_size),
@@ -94,7 +108,7 @@ def build_experiment(config: ml_collections.ConfigDict,
     if size % parts:
       raise ConfigError(f"config.{field}={size} must be divisible by the {mesh.size} devices "
                         f"of the mesh and the {jax.process_count()} processes")
-  for split in config.evals.splits:
+  for split in eval_splits(config):
     dataset.source(split)  # an unknown split fails now, not after training
   return Experiment(config, dataset, preprocessor, model, task, mesh, finetune)
 
@@ -116,18 +130,31 @@ def initial_params(exp: Experiment, *, pretrained: bool = True) -> dict:
 
 
 def pretrained_sources(config: ml_collections.ConfigDict) -> dict[str, dict[str, str]]:
-  """`config.init_from` as {modality: dict(checkpoint=DIR, kind=KIND)} (empty if unset)."""
+  """`config.init_from` as {modality: dict(checkpoint=DIR, kind=KIND)} when it names
+  imported (Hugging Face) towers; empty when unset or when it names an mmjax run."""
   init_from = config.get("init_from", None) or {}
+  if isinstance(init_from, str):
+    return {}
   if hasattr(init_from, "to_dict"):
     init_from = init_from.to_dict()
   return {modality: dict(source) for modality, source in init_from.items()}
 
 
 def load_pretrained_towers(exp: Experiment, params: dict) -> dict:
-  """Each `config.init_from.<modality>` checkpoint loaded into `<modality>_encoder/...`;
-  logs what was loaded, new (kept from the random init) and ignored."""
+  """Loads `config.init_from`: an mmjax workdir or checkpoint (every parameter whose path
+  and shape this model shares: towers, fusion), or per-modality imported checkpoints into
+  `<modality>_encoder/...`. Logs what was loaded, new (kept from the random init) and
+  ignored."""
   from mmjax.convert import load_pretrained  # reads safetensors only when asked to
 
+  init_from = exp.config.get("init_from", None)
+  if isinstance(init_from, str) and init_from:
+    source = checkpoint_lib.read_params(init_from)
+    params, report = checkpoint_lib.load_matching(params, source, init_from)
+    log.info("init_from: %s", report)
+    log.info("init_from: new (initialised here): %s", ", ".join(report.new) or "none")
+    log.info("init_from: ignored (not in this model): %s", ", ".join(report.ignored) or "none")
+    return params
   for modality, source in pretrained_sources(exp.config).items():
     params, report = load_pretrained(params, source["checkpoint"], source["kind"],
                                      prefix=f"{modality}_encoder")
@@ -222,22 +249,77 @@ def create_state(exp: Experiment, params: dict | None = None
                            sum(x.size for x in jax.tree.leaves(params)))
 
 
+def eval_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The dataset splits evaluation reads: `config.evals.splits` and, when configured, the
+  zero-shot classification split."""
+  zeroshot = config.evals.get("zeroshot", None)
+  return tuple(config.evals.splits) + ((zeroshot.split,) if zeroshot else ())
+
+
 def make_evaluators(exp: Experiment, params_sharding: Any, model_params: Any = identity
-                    ) -> dict[str, ClassificationEvaluator]:
+                    ) -> dict[str, Any]:
+  """{name: evaluator}: one per split of `config.evals.splits` (named by the split) and,
+  for pre-training with `config.evals.zeroshot`, "zeroshot"."""
+  config = exp.config
   predict = make_predict_step(exp.model, exp.task, params_sharding, exp.batch_sharding,
                               model_params=model_params)
-  evaluators = {}
-  for split in exp.config.evals.splits:
+
+  def batches(source, preprocessor=exp.preprocessor):
+    return lambda: pipeline.eval_batches(source, preprocessor,
+                                         global_batch_size=config.evals.batch_size)
+
+  evaluators: dict[str, Any] = {}
+  for split in config.evals.splits:
     source = exp.dataset.source(split)
-    evaluators[split] = ClassificationEvaluator(
-        predict,
-        lambda source=source: pipeline.eval_batches(
-            source, exp.preprocessor, global_batch_size=exp.config.evals.batch_size),
-        exp.to_device, exp.task.num_classes, exp.task.main)
+    if isinstance(exp.task, PretrainTask):
+      evaluators[split] = evaluators_lib.PretrainEvaluator(predict, batches(source),
+                                                            exp.to_device)
+    else:
+      evaluators[split] = evaluators_lib.ClassificationEvaluator(
+          predict, batches(source), exp.to_device, exp.task.num_classes, exp.task.main)
+  zeroshot = config.evals.get("zeroshot", None)
+  if zeroshot:
+    if not isinstance(exp.task, PretrainTask):
+      raise ConfigError("config.evals.zeroshot: zero-shot classification needs the "
+                        "pretrain task's embeddings")
+    evaluators["zeroshot"] = zeroshot_evaluator(exp, zeroshot, params_sharding, model_params)
   return evaluators
 
 
-def run_evaluators(evaluators: dict[str, ClassificationEvaluator], params: Any
+def zeroshot_evaluator(exp: Experiment, zeroshot: ml_collections.ConfigDict,
+                       params_sharding: Any, model_params: Any
+                       ) -> evaluators_lib.ZeroShotEvaluator:
+  """`config.evals.zeroshot` = dict(split, label (a class-label feature), classnames (one
+  phrase per class), templates ("a photo of a {}.", ...))."""
+  check_fields("config.evals.zeroshot", zeroshot.keys(),
+               {"split", "label", "classnames", "templates"})
+  num_classes = exp.dataset.num_classes(zeroshot.label)
+  if len(zeroshot.classnames) != num_classes:
+    raise ConfigError(f"config.evals.zeroshot.classnames: {len(zeroshot.classnames)} names "
+                      f"for the {num_classes} classes of '{zeroshot.label}'")
+  texts = [template.format(name) for name in zeroshot.classnames
+           for template in zeroshot.templates]
+  prompts = exp.preprocessor.text_encoder(texts)
+  prompts["example_mask"] = np.ones(len(texts), bool)
+  size = -(-len(texts) // exp.config.evals.batch_size) * exp.config.evals.batch_size
+  prompts = pipeline.pad_batch(prompts, size)
+
+  def embed(params, batch):
+    return exp.model.apply({"params": model_params(params)}, batch, method="embed")
+
+  embed_fn = jax.jit(embed, in_shardings=(params_sharding, exp.batch_sharding),
+                     out_shardings=exp.batch_sharding)
+  preprocessor = pipeline.Preprocessor({"image": exp.config.data.fields.image,
+                                        "label": zeroshot.label}, None,
+                                       **exp.preprocessor.image_options)
+  source = exp.dataset.source(zeroshot.split)
+  return evaluators_lib.ZeroShotEvaluator(
+      embed_fn, lambda: pipeline.eval_batches(source, preprocessor,
+                                              global_batch_size=exp.config.evals.batch_size),
+      exp.to_device, prompts, num_classes)
+
+
+def run_evaluators(evaluators: dict[str, Any], params: Any
                    ) -> dict[str, dict[str, Any]]:
   return {split: dict(evaluator.run(params)) for split, evaluator in evaluators.items()}
 
@@ -256,9 +338,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.total_steps <= 0:
     raise ConfigError(f"config.total_steps must be positive, got {config.total_steps}")
   split = config.evals.headline.partition("/")[0]
-  if split not in config.evals.splits:
-    raise ConfigError(f"config.evals.headline='{config.evals.headline}' names split '{split}', "
-                      f"which is not in config.evals.splits={tuple(config.evals.splits)}")
+  names = tuple(config.evals.splits) + (("zeroshot",) if config.evals.get("zeroshot") else ())
+  if split not in names:
+    raise ConfigError(f"config.evals.headline='{config.evals.headline}' names '{split}', "
+                      f"which is none of the evaluations {', '.join(names)}")
 
 
 def record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -272,6 +355,17 @@ def record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       log.warning("%s was written by a run with a different config; training continues "
                   "from its checkpoints with the new one", path)
   write_json(path, current)
+
+
+def save_tokenizer(exp: Experiment, workdir: str) -> None:
+  """Writes the run's tokenizer as `<workdir>/tokenizer.json` (process 0), so a run that
+  starts from this one (`config.init_from`) can read text the same way
+  (`config.input.tokenizer = <workdir>`)."""
+  if exp.preprocessor.text_encoder is None or jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "tokenizer.json")
+  exp.preprocessor.text_encoder.tokenizer.backend_tokenizer.save(path + ".tmp")
+  os.replace(path + ".tmp", path)
 
 
 def write_json(path: str, value: Any) -> None:
@@ -303,6 +397,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   exp = build_experiment(config, devices)  # config mistakes surface here, before any write
   os.makedirs(workdir, exist_ok=True)
   record_config(config, workdir)
+  save_tokenizer(exp, workdir)
   checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
   latest = checkpointer.latest_step()
   state, setup = create_state(exp, initial_params(exp, pretrained=latest is None))

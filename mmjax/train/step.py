@@ -30,7 +30,9 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
   Args:
     model, task: what to apply and the loss (`task.loss(logits, batch)`).
     tx, schedule: the optimizer, initialised on the trainable parameters only.
-    rng: dropout keys are `fold_in(rng, step)`, so a resumed run draws the same randomness.
+    rng: dropout keys are `fold_in(rng, step)` and the "sample" stream's (negatives,
+      masking in pre-training) `fold_in(fold_in(rng, step), 1)`, so a resumed run draws the
+      same randomness.
     trainable: a tree like `state.params` of python bools (`param_rules.trainable_mask`);
       only True leaves are differentiated and updated, False leaves pass through
       untouched (bit-identical). None: everything trains.
@@ -47,7 +49,8 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
     def loss_fn(train_params):
       params = train_params if trainable is None else merge_params(train_params, frozen)
       logits = model.apply({"params": model_params(params)}, batch, train=True,
-                           rngs={"dropout": step_rng})
+                           rngs={"dropout": step_rng,
+                                 "sample": jax.random.fold_in(step_rng, 1)})
       return task.loss(logits, batch)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_params)

@@ -10,7 +10,7 @@ says whether the handwritten answer is correct.
 - Every image is used with several questions, half of which it answers correctly, so
   labels are balanced per image and per question wording: neither modality alone
   predicts the label (a single-modality model stays near 50 %).
-- A WordPiece vocabulary is trained on the training questions and saved as
+- A WordPiece vocabulary is built (deterministically) from the training questions and saved as
   `tokenizer.json` in the dataset directory.
 
 Features: `image` uint8 [8, 8, 1] (0..255), `question` text, `label` (0 incorrect,
@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmjax.data.builders.edu_grading import questions
-from mmjax.data.tokenizer import train_wordpiece
+from mmjax.data.tokenizer import build_wordpiece
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -79,8 +79,9 @@ def make_examples(image_ids: np.ndarray, images: np.ndarray, digits: np.ndarray,
 class EduGrading(tfds.core.GeneratorBasedBuilder):
   """Handwritten homework grading: is the handwritten digit the answer to the question?"""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Deterministic vocabulary: the same tokenizer.json on every build."}
 
   SPLIT_SEED = 20261123
   FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
@@ -115,7 +116,7 @@ class EduGrading(tfds.core.GeneratorBasedBuilder):
     }
     # self.data_dir is tfds's temporary directory here, renamed into place only when
     # the whole dataset is written, so the vocabulary appears atomically with it.
-    train_wordpiece((ex["question"] for ex in examples["train"]), self.VOCAB_SIZE,
+    build_wordpiece((ex["question"] for ex in examples["train"]), self.VOCAB_SIZE,
                     os.path.join(self.data_dir, TOKENIZER_FILE))
     return {name: self._generate_examples(split) for name, split in examples.items()}
 

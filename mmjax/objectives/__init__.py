@@ -1,0 +1,1 @@
+"""Training objectives for vision-language pre-training (contrastive, MLM, captioning)."""
