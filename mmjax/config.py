@@ -61,6 +61,18 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return cfg
 
 
+def adamw(learning_rate: float, **overrides: Any) -> ml_collections.ConfigDict:
+  """`config.optimizer` for AdamW with mmjax's defaults: b1 0.9, b2 0.999, eps 1e-8,
+  weight decay 1e-4 on `weight_decay_rules` (kernels only: not biases, norms, embeddings
+  or [CLS]), global-norm clipping at 1.0, and `lr_mults` = ((regex, multiplier), ...)
+  scaling the updates of the first matching parameters (0 freezes them)."""
+  optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4,
+      weight_decay_rules=(".*/kernel",), clip_norm=1.0, lr_mults=()))
+  optimizer.update(overrides)
+  return optimizer
+
+
 def did_you_mean(name: str, candidates) -> str:
   """Returns "; did you mean 'x'?" for the closest candidate, or "" if none is close."""
   close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

@@ -26,7 +26,7 @@ Smoke size for tests and laptops: `--config configs/edu/grading.py:runlocal`.
 
 import ml_collections
 
-from mmjax.config import parse_arg
+from mmjax.config import adamw, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -74,17 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.losses = dict(label=1.0, written_digit=aux, answer=aux)  # weighted multi-task
   c.task = dict(name="classification", main="label", label_smoothing=0.0)
 
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.learning_rate = 3e-3 if arg.runlocal else 1e-3
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
-  c.optimizer.eps = 1e-8
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.weight_decay_rules = (".*/kernel",)  # not biases, norms, embeddings, [CLS]
-  c.optimizer.clip_norm = 1.0
-  # ((regex, multiplier), ...): scales the updates of the first matching parameters;
-  # 0 freezes them. E.g. (("heads/.*", 10.0),) for a fast head on a slow body.
-  c.optimizer.lr_mults = ()
+  # AdamW (mmjax.config.adamw): weight decay on kernels only, clipping at 1.0;
+  # `lr_mults` = ((regex, multiplier), ...) scales the updates of the first matching
+  # parameters, 0 freezes them, e.g. (("heads/.*", 10.0),) for a fast head on a slow body.
+  c.optimizer = adamw(3e-3 if arg.runlocal else 1e-3)
   c.schedule = dict(warmup_steps=10 if arg.runlocal else 100, decay="cosine", end_factor=0.0)
 
   # What trains (mmjax/train/param_rules.py): full | frozen_image | frozen_text |

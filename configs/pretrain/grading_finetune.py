@@ -17,7 +17,9 @@ Commands (CPU, 2 cores), after the pre-training run:
       --workdir runs/grading_scratch
 
 (`scratch` still reads the pre-training run's tokenizer, so both runs see the same
-tokens.) Figures measured on this machine are in experiments/README.md ("Pre-training").
+tokens.) Reaches (2 CPU cores, seed 0, 1,000 steps): test accuracy 0.966 from the
+pre-trained run vs 0.953 from scratch; both first reach 90 % at step 500
+(experiments/README.md, "Pre-training").
 """
 
 import ml_collections

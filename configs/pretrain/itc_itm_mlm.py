@@ -15,7 +15,10 @@ Command (CPU, 2 cores):
 
 Evaluation: image->text and text->image retrieval R@1/5/10 among the 1,000 test pairs,
 ITM and MLM accuracy, zero-shot classification of one-object scenes from text prompts.
-Figures measured on this machine are in experiments/README.md ("Pre-training").
+Reaches (2 CPU cores, seed 0, 500 steps of batch 256, dataset build included): test
+image->text R@1 0.642 / R@5 0.949 / R@10 0.984, text->image R@1 0.662 / R@5 0.960 /
+R@10 0.985, zero-shot classification 0.705, in 17.4 minutes (experiments/README.md,
+"Pre-training").
 
 Options after the colon: `runlocal` (a few steps of tiny towers for tests), `steps=N`,
 `losses=itc+itm+mlm` (any `+`-joined subset of itc, itm, mlm, caption),
@@ -25,7 +28,7 @@ Fine-tuning from the result: configs/pretrain/grading_finetune.py.
 
 import ml_collections
 
-from mmjax.config import parse_arg
+from mmjax.config import adamw, parse_arg
 
 # Zero-shot prompts: one phrase per `category` class of edu_scenes, in its order.
 CLASSNAMES = ("circle", "square", "triangle", "cross") + tuple(
@@ -77,15 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task = dict(name="pretrain", contrastive=arg.contrastive, label_smoothing=0.0,
                 mask_prob=0.15, negative_scale=3.0)
 
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.learning_rate = 3e-3 if arg.runlocal else 1e-3
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
-  c.optimizer.eps = 1e-8
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.weight_decay_rules = (".*/kernel",)
-  c.optimizer.clip_norm = 1.0
-  c.optimizer.lr_mults = ()
+  c.optimizer = adamw(3e-3 if arg.runlocal else 1e-3)
   c.schedule = dict(warmup_steps=5 if arg.runlocal else 50, decay="cosine", end_factor=0.0)
 
   c.mesh = (("data", -1),)
