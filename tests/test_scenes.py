@@ -5,7 +5,7 @@ import collections
 import numpy as np
 import pytest
 
-from mmjax.data.builders.edu_grading.edu_grading import EduGrading, load_digit_images, split_images
+from mmjax.data.builders.edu_grading.edu_grading import EduGrading
 from mmjax.data.builders.edu_scenes import scenes as scene_lib
 from mmjax.data.builders.edu_scenes.edu_scenes import EduScenes, grading_questions
 from mmjax.data.tokenizer import load_tokenizer
@@ -14,8 +14,7 @@ from mmjax.data.tokenizer import load_tokenizer
 @pytest.fixture(scope="module")
 def digit_data():
   """load_digits images and labels, and edu_grading's image split of them."""
-  images, digits = load_digit_images()
-  return images, digits, split_images(digits, EduGrading.SPLIT_SEED, EduGrading.FRACTIONS)
+  return EduGrading.digit_images()
 
 
 def make(digit_data, num, seed, pool="train", **kwargs):

@@ -29,6 +29,8 @@ from mmjax.data.builders.edu_grading import questions
 from mmjax.data.tokenizer import build_wordpiece
 
 TOKENIZER_FILE = "tokenizer.json"
+DIGITS_HOMEPAGE = "https://archive.ics.uci.edu/dataset/80"
+DIGITS_CITATION = "Alpaydin & Kaynak (1998), Optical Recognition of Handwritten Digits, UCI."
 
 
 def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
@@ -101,14 +103,21 @@ class EduGrading(tfds.core.GeneratorBasedBuilder):
             "written_digit": tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
             "image_id": tfds.features.Scalar(dtype=np.int32),
         }),
-        homepage="https://archive.ics.uci.edu/dataset/80",
-        citation="Alpaydin & Kaynak (1998), Optical Recognition of Handwritten Digits, UCI.",
+        homepage=DIGITS_HOMEPAGE,
+        citation=DIGITS_CITATION,
     )
+
+  @classmethod
+  def digit_images(cls) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(images, digits, {split: image indices}): the handwritten digits and the image
+    split every builder that draws on them uses, so edu_grading's test images stay
+    unseen by them all."""
+    images, digits = load_digit_images()
+    return images, digits, split_images(digits, cls.SPLIT_SEED, cls.FRACTIONS)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded.
-    images, digits = load_digit_images()
-    image_splits = split_images(digits, self.SPLIT_SEED, self.FRACTIONS)
+    images, digits, image_splits = self.digit_images()
     examples = {
         name: make_examples(ids, images, digits, self.QUESTIONS_PER_IMAGE[name],
                             seed=self.SPLIT_SEED + i + 1)

@@ -40,10 +40,10 @@ import tensorflow_datasets as tfds
 
 from mmjax.data.builders.edu_grading import questions
 from mmjax.data.builders.edu_grading.edu_grading import (
+  DIGITS_CITATION,
+  DIGITS_HOMEPAGE,
   TOKENIZER_FILE,
   EduGrading,
-  load_digit_images,
-  split_images,
 )
 from mmjax.data.builders.edu_scenes import scenes
 from mmjax.data.tokenizer import build_wordpiece
@@ -94,15 +94,14 @@ class EduScenes(tfds.core.GeneratorBasedBuilder):
             "num_objects": tfds.features.Scalar(dtype=np.int32),
             "image_id": tfds.features.Scalar(dtype=np.int32),
         }),
-        homepage="https://archive.ics.uci.edu/dataset/80",
-        citation="Alpaydin & Kaynak (1998), Optical Recognition of Handwritten Digits, UCI.",
+        homepage=DIGITS_HOMEPAGE,
+        citation=DIGITS_CITATION,
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded.
-    images, digits = load_digit_images()
     # The same image split as edu_grading's, so its test images stay unseen here.
-    image_splits = split_images(digits, EduGrading.SPLIT_SEED, EduGrading.FRACTIONS)
+    images, digits, image_splits = EduGrading.digit_images()
     examples = {
         name: scenes.make_split(spec.num_examples, image_splits[spec.image_split], images,
                                 digits, seed=self.SEED + i + 1, unique=spec.unique,
