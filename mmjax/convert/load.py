@@ -85,7 +85,7 @@ def _replace(params: Mapping[str, Any], keys: tuple[str, ...], subtree: Any) -> 
   return out
 
 
-def _like(value: np.ndarray, target: Any) -> Any:
+def cast_like(value: np.ndarray, target: Any) -> Any:
   """`value` in the target's dtype, on the target's devices when it is a jax.Array."""
   value = np.asarray(value, dtype=target.dtype)
   if isinstance(target, jax.Array):
@@ -115,7 +115,7 @@ def load_state_dict(params: Mapping[str, Any], state: Mapping[str, np.ndarray], 
     if value.shape != tuple(target.shape):
       raise ConfigError(f"{full(path)}: checkpoint '{name}' has shape {value.shape} (mmjax "
                         f"layout), the model expects {tuple(target.shape)}")
-    flat[path] = _like(value, target)
+    flat[path] = cast_like(value, target)
     report.loaded.append(path)
     report.num_values += value.size
   for name, _ in converted.values():

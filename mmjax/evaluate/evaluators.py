@@ -24,15 +24,18 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 
 def real_outputs(predict_fn: Callable[[Any, dict], Any], params: Any, batches: Iterable[dict],
-                 to_device: Callable[[dict], dict]) -> Iterator[tuple[dict, Any]]:
-  """(batch, predict_fn(params, batch)) for each batch, gathered to the host as numpy,
-  keeping only the real examples (rows with example_mask True) of every array."""
+                 to_device: Callable[[dict], dict], keys: Iterable[str] = ()
+                 ) -> Iterator[tuple[dict, Any]]:
+  """({key: batch[key]} for those of `keys` the batch has, predict_fn(params, batch)) for
+  each batch, gathered to the host as numpy, keeping only the real examples (rows with
+  example_mask True)."""
   for batch in batches:
     device_batch = to_device(batch)
     outputs = predict_fn(params, device_batch)
     keep = to_host(device_batch["example_mask"])
     real = lambda x, keep=keep: to_host(x)[keep]  # noqa: E731
-    yield {key: real(value) for key, value in device_batch.items()}, jax.tree.map(real, outputs)
+    yield ({key: real(device_batch[key]) for key in keys if key in device_batch},
+           jax.tree.map(real, outputs))
 
 
 def concatenate(rows: list[Any]) -> Any:
@@ -60,7 +63,7 @@ class ClassificationEvaluator:
     order with one process; with several, batch by batch, process by process."""
     collected: dict[str, dict[str, list]] = {}
     for batch, outputs in real_outputs(self.predict_fn, params, self.batches(),
-                                       self.to_device):
+                                       self.to_device, self.num_classes):
       for head, out in outputs.items():
         if head not in self.num_classes:
           continue
@@ -134,7 +137,8 @@ class ZeroShotEvaluator:
   def run(self, params: Any) -> Iterator[tuple[str, Any]]:
     classes = self.class_embeddings(params)
     labels, predictions = [], []
-    for batch, out in real_outputs(self.embed_fn, params, self.batches(), self.to_device):
+    for batch, out in real_outputs(self.embed_fn, params, self.batches(), self.to_device,
+                                   (self.label,)):
       labels.append(batch[self.label])
       predictions.append(np.argmax(out["image"] @ classes.T, axis=-1))
     yield from classification_metrics(np.concatenate(labels), np.concatenate(predictions),

@@ -193,6 +193,23 @@ TOWER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def module_kwargs(model_config: ml_collections.ConfigDict, adapter_dim: int = 0
+                  ) -> dict[str, Any]:
+  """What every tower, fusion and decoder of `config.model` is built with: dtype,
+  param_dtype, BlockOptions (`block_options`) and dropout_rate."""
+  return dict(dtype=dtype_from_name(model_config.dtype),
+              param_dtype=dtype_from_name(model_config.param_dtype),
+              options=block_options(model_config, adapter_dim),
+              dropout_rate=model_config.dropout_rate)
+
+
+def fusion_from_config(model_config: ml_collections.ConfigDict, common: dict[str, Any]
+                       ) -> nn.Module:
+  """The fusion of `config.model.fusion` (`kind` plus that kind's fields)."""
+  fusion_cfg = model_config.fusion.to_dict()
+  return build_fusion(fusion_cfg.pop("kind", None), **fusion_cfg, **common)
+
+
 def build_model(model_config: ml_collections.ConfigDict, *, modalities: tuple[str, ...],
                 vocab_size: int | None, heads: tuple[HeadSpec, ...],
                 adapter_dim: int = 0,
@@ -207,10 +224,7 @@ def build_model(model_config: ml_collections.ConfigDict, *, modalities: tuple[st
   if unknown:
     raise ConfigError(f"config.init_from: {', '.join(unknown)} is not among the run's "
                       f"modalities {', '.join(modalities)}")
-  dtypes = dict(dtype=dtype_from_name(model_config.dtype),
-                param_dtype=dtype_from_name(model_config.param_dtype))
-  common = dict(dtypes, options=block_options(model_config, adapter_dim),
-                dropout_rate=model_config.dropout_rate)
+  common = module_kwargs(model_config, adapter_dim)
   towers = {}
   for modality in modalities:
     if modality not in TOWER_BUILDERS:
@@ -220,9 +234,8 @@ def build_model(model_config: ml_collections.ConfigDict, *, modalities: tuple[st
       towers[modality] = pretrained_tower(modality, dict(init_from[modality]), common)
     else:
       towers[modality] = TOWER_BUILDERS[modality](model_config, common, vocab_size)
-  fusion_cfg = model_config.fusion.to_dict()
-  fusion = build_fusion(fusion_cfg.pop("kind", None), **fusion_cfg, **common)
-  return MultimodalModel(flax.core.FrozenDict(towers), fusion, Heads(heads, **dtypes))
+  return MultimodalModel(flax.core.FrozenDict(towers), fusion_from_config(model_config, common),
+                         Heads(heads, dtype=common["dtype"], param_dtype=common["param_dtype"]))
 
 
 def build_pretrain_model(model_config: ml_collections.ConfigDict, *,
@@ -242,19 +255,14 @@ def build_pretrain_model(model_config: ml_collections.ConfigDict, *,
   if contrastive not in CONTRASTIVE:
     raise ConfigError(f"config.task.contrastive: unknown '{contrastive}'; expected one of "
                       f"{', '.join(CONTRASTIVE)}")
-  dtypes = dict(dtype=dtype_from_name(model_config.dtype),
-                param_dtype=dtype_from_name(model_config.param_dtype))
-  options = block_options(model_config)
-  common = dict(dtypes, options=options, dropout_rate=model_config.dropout_rate)
+  common = module_kwargs(model_config)
   fusion = None
   if {"itm", "mlm"} & set(objectives):
-    fusion_cfg = model_config.fusion.to_dict()
-    kind = fusion_cfg.pop("kind", None)
-    if kind == "late":
+    if model_config.fusion.get("kind", None) == "late":
       raise ConfigError("config.model.fusion.kind: 'late' fusion has no joint tokens for "
                         "the itm and mlm objectives; use concat, merged, co_attention or "
                         "cross_attention")
-    fusion = build_fusion(kind, **fusion_cfg, **common)
+    fusion = fusion_from_config(model_config, common)
   decoder = None
   if "caption" in objectives:
     if not model_config.get("decoder", None):
@@ -275,4 +283,5 @@ def build_pretrain_model(model_config: ml_collections.ConfigDict, *,
       fusion=fusion, caption_decoder=decoder, objectives=tuple(objectives),
       embed_dim=embed_dim, vocab_size=vocab_size, contrastive=contrastive,
       negative_scale=float(negative_scale), mask_prob=mask_prob,
-      mask_id=mask_id, num_special=num_special, **dtypes)
+      mask_id=mask_id, num_special=num_special, dtype=common["dtype"],
+      param_dtype=common["param_dtype"])

@@ -15,8 +15,10 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 from mmjax.config import ConfigError
+from mmjax.convert.load import cast_like
 from mmjax.convert.report import ConversionReport
 
 log = logging.getLogger(__name__)
@@ -91,18 +93,6 @@ def read_params(path: str) -> dict:
   return checkpointer.restore(directory, args=ocp.args.PyTreeRestore(restore_args=args))["params"]
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-  """{"a/b/kernel": leaf} for a nested dict of arrays."""
-  flat = {}
-  for key, value in tree.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, dict) or hasattr(value, "items"):
-      flat.update(flatten(value, path + "/"))
-    else:
-      flat[path] = value
-  return flat
-
-
 def load_matching(params: Any, source: dict, name: str) -> tuple[Any, ConversionReport]:
   """`params` with every leaf whose path `source` (another run's parameters) also has
   replaced by that value, cast to the leaf's dtype and placed with its sharding.
@@ -111,7 +101,8 @@ def load_matching(params: Any, source: dict, name: str) -> tuple[Any, Conversion
   `source` are ignored (the other task's heads). A shared path whose shapes differ is a
   ConfigError listing them all: the two models' architectures disagree.
   """
-  ours, theirs = flatten(params), flatten(source)
+  ours = traverse_util.flatten_dict(params, sep="/")
+  theirs = traverse_util.flatten_dict(source, sep="/")
   mismatched = [f"{path} {tuple(theirs[path].shape)} vs {tuple(leaf.shape)}"
                 for path, leaf in ours.items()
                 if path in theirs and tuple(theirs[path].shape) != tuple(leaf.shape)]
@@ -120,8 +111,9 @@ def load_matching(params: Any, source: dict, name: str) -> tuple[Any, Conversion
                       f"other shapes than this model's (checkpoint vs model): "
                       f"{'; '.join(mismatched)}")
   report = ConversionReport(name, "mmjax")
-  for path in ours:
+  for path, leaf in ours.items():
     if path in theirs:
+      ours[path] = cast_like(theirs[path], leaf)
       report.loaded.append(path)
       report.num_values += int(np.prod(theirs[path].shape))
     else:
@@ -129,11 +121,4 @@ def load_matching(params: Any, source: dict, name: str) -> tuple[Any, Conversion
   for path in theirs:
     if path not in ours:
       report.ignore(path, "not in this model")
-
-  def pick(path, leaf):
-    key = "/".join(str(getattr(k, "key", k)) for k in path)
-    if key not in theirs:
-      return leaf
-    return jax.device_put(np.asarray(theirs[key]).astype(leaf.dtype), leaf.sharding)
-
-  return jax.tree_util.tree_map_with_path(pick, params), report
+  return traverse_util.unflatten_dict(ours, sep="/"), report

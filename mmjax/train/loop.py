@@ -83,13 +83,14 @@ def build_experiment(config: ml_collections.ConfigDict,
 
   task = build_task(config, num_classes)
   if isinstance(task, PretrainTask):
-    preprocessor = pipeline.make_preprocessor(dataset, config, mods, [])
+    preprocessor = pipeline.make_preprocessor(dataset, config, mods, task.targets)
     if set(mods) != {"image", "text"} or preprocessor.text_encoder is None:
       raise ConfigError("config.model.modalities: pre-training needs image,text, got "
                         f"{config.model.modalities}")
     tokenizer = preprocessor.text_encoder.tokenizer
     model = build_pretrain_model(
-        config.model, objectives=tuple(task.weights), vocab_size=len(tokenizer),
+        config.model, objectives=tuple(task.weights),
+        vocab_size=preprocessor.text_encoder.vocab_size,
         contrastive=task.contrastive, mask_prob=task.mask_prob,
         negative_scale=task.negative_scale,
         mask_id=tokenizer.mask_token_id, num_special=max(tokenizer.all_special_ids) + 1)
@@ -256,6 +257,16 @@ def eval_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(config.evals.splits) + ((zeroshot.split,) if zeroshot else ())
 
 
+def eval_batches(exp: Experiment, split: str,
+                 preprocessor: pipeline.Preprocessor | None = None) -> Any:
+  """() -> the padded evaluation batches of `split` (by the run's preprocessor unless
+  another is given), a fresh pass on every call."""
+  source = exp.dataset.source(split)
+  preprocessor = preprocessor or exp.preprocessor
+  return lambda: pipeline.eval_batches(source, preprocessor,
+                                       global_batch_size=exp.config.evals.batch_size)
+
+
 def make_evaluators(exp: Experiment, params_sharding: Any, model_params: Any = identity
                     ) -> dict[str, Any]:
   """{name: evaluator}: one per split of `config.evals.splits` (named by the split) and,
@@ -263,20 +274,14 @@ def make_evaluators(exp: Experiment, params_sharding: Any, model_params: Any = i
   config = exp.config
   predict = make_predict_step(exp.model, exp.task, params_sharding, exp.batch_sharding,
                               model_params=model_params)
-
-  def batches(source, preprocessor=exp.preprocessor):
-    return lambda: pipeline.eval_batches(source, preprocessor,
-                                         global_batch_size=config.evals.batch_size)
-
   evaluators: dict[str, Any] = {}
   for split in config.evals.splits:
-    source = exp.dataset.source(split)
+    batches = eval_batches(exp, split)
     if isinstance(exp.task, PretrainTask):
-      evaluators[split] = evaluators_lib.PretrainEvaluator(predict, batches(source),
-                                                            exp.to_device)
+      evaluators[split] = evaluators_lib.PretrainEvaluator(predict, batches, exp.to_device)
     else:
       evaluators[split] = evaluators_lib.ClassificationEvaluator(
-          predict, batches(source), exp.to_device, exp.task.num_classes, exp.task.main)
+          predict, batches, exp.to_device, exp.task.num_classes, exp.task.main)
   zeroshot = config.evals.get("zeroshot", None)
   if zeroshot:
     if not isinstance(exp.task, PretrainTask):
@@ -312,11 +317,9 @@ def zeroshot_evaluator(exp: Experiment, zeroshot: ml_collections.ConfigDict,
   preprocessor = pipeline.Preprocessor({"image": exp.config.data.fields.image,
                                         "label": zeroshot.label}, None,
                                        **exp.preprocessor.image_options)
-  source = exp.dataset.source(zeroshot.split)
   return evaluators_lib.ZeroShotEvaluator(
-      embed_fn, lambda: pipeline.eval_batches(source, preprocessor,
-                                              global_batch_size=exp.config.evals.batch_size),
-      exp.to_device, prompts, num_classes)
+      embed_fn, eval_batches(exp, zeroshot.split, preprocessor), exp.to_device, prompts,
+      num_classes)
 
 
 def run_evaluators(evaluators: dict[str, Any], params: Any
