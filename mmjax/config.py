@@ -104,23 +104,35 @@ def check_fields(field: str, given: Iterable[str], allowed: Iterable[str]) -> No
                       f"{', '.join(sorted(allowed))}")
 
 
+def config_from_file(path: str, arg: str | None = None, *, where: str = ""
+                     ) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path` (`get_config()` when `arg` is empty);
+  ConfigError, prefixed by `where` (e.g. "--config: "), when the file is missing or
+  defines no get_config."""
+  import importlib.util
+  import os
+
+  if not os.path.isfile(path):
+    raise ConfigError(f"{where}config file not found: {path}")
+  spec = importlib.util.spec_from_file_location(
+      "_mmjax_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{where}{path} defines no get_config(arg=None)")
+  return module.get_config(arg) if arg else module.get_config()
+
+
 def import_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """`get_config(arg)` of another config file; relative paths are taken from the
   directory of the calling config, so a config can start from a sibling's."""
-  import importlib.util
   import inspect
   import os
 
   if not os.path.isabs(path):
     caller = inspect.stack()[1].filename
     path = os.path.join(os.path.dirname(os.path.abspath(caller)), path)
-  if not os.path.isfile(path):
-    raise ConfigError(f"config file not found: {path}")
-  spec = importlib.util.spec_from_file_location(
-      "_mmjax_config_" + os.path.splitext(os.path.basename(path))[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_from_file(path, arg)
 
 
 def packaged_path(package: str, *parts: str) -> str:

@@ -8,7 +8,6 @@ naming what is wrong, and exit status 2.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import sys
@@ -17,7 +16,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmjax.config import ConfigError, did_you_mean
+from mmjax.config import ConfigError, config_from_file, did_you_mean
 
 COMMANDS = ("train", "eval")
 
@@ -52,14 +51,7 @@ def _flag_values(argv: list[str], name: str) -> list[tuple[str, str]]:
 def load_config_file(spec: str):
   """Runs `get_config(arg)` of `path[:arg]`, with one-line errors for a missing file."""
   path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"--config: config file not found: {path}")
-  module_spec = importlib.util.spec_from_file_location("mmjax_user_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ConfigError(f"--config: {path} defines no get_config(arg=None)")
-  return module.get_config(arg) if arg else module.get_config()
+  return config_from_file(path, arg, where="--config: ")
 
 
 def check_overrides(config, overrides: list[tuple[str, str]]) -> None:
