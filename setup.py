@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "importlib-resources>=6.0,<8",  # tfds imports it without declaring it
     "pillow>=10.0,<14",  # tfds image utilities; mmjax reads user images with it
     "scikit-learn>=1.4,<1.10",  # ships the real handwritten digits (load_digits)
+    "easy-vqa>=1.0,<1.1",  # ships easy-VQA's images and questions (MIT): the easy_vqa builder
     # Text: WordPiece trained with `tokenizers`, loaded through `transformers`.
     "tokenizers>=0.22,<0.24",
     "transformers>=4.57,<6",  # 4.57 still has the Flax references the converter tests use

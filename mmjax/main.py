@@ -108,6 +108,10 @@ def main(argv: list[str]) -> None:
     print(f"\nResults in {os.path.abspath(workdir)} ({command} took {minutes:.1f} min):")
     print(f"  eval.json      {name} = {value:.4f}  (and every metric of every evaluation)")
     print("  metrics.jsonl  training curves; tensorboard/ for TensorBoard; checkpoints/")
+    from mmjax.evaluate.scienceqa import format_breakdown  # noqa: PLC0415
+    table = format_breakdown(results)  # ScienceQA's groups, when the run reports them
+    if table:
+      print("\n" + table)
 
 
 def run() -> None:

@@ -220,6 +220,22 @@ def test_beam_search_beats_greedy_on_designed_scorer():
   assert sequence_log_prob(tables[0], greedy[0]) < float(scores[0])
 
 
+def test_beam_search_keeps_extending_a_likely_sequence_past_unlikely_early_eos():
+  """The likely sequence is 3, 3, EOS (p = .9 * .9 * .95); at steps 0 and 1 an unlikely
+  EOS ranks second, so two finished hypotheses (p .06, .072) exist before it ends."""
+  probs = np.full((4, 5, 5), 1e-12)
+  probs[:, :, [3, 4, EOS]] = 1 / 3
+  probs[0, BOS, [3, EOS, 4]] = .9, .06, .04
+  probs[1, 3, [3, EOS, 4]] = .9, .08, .02
+  probs[2, 3, [EOS, 3, 4]] = .95, .03, .02
+  tables = jnp.asarray(np.log(probs)[None], jnp.float32)
+  for length_penalty in (0.0, 0.6):
+    ids, scores = beam_search(markov_apply, tables, BOS, EOS, 4, 2, length_penalty)
+    np.testing.assert_array_equal(ids, [[3, 3, EOS, PAD]])
+    np.testing.assert_allclose(scores, length_normalised(np.log(.9 * .9 * .95), 3,
+                                                         length_penalty), rtol=1e-5)
+
+
 @pytest.mark.parametrize("length_penalty", [0.0, 0.8])
 def test_wide_beam_search_is_exhaustive(length_penalty):
   max_len = 4

@@ -74,3 +74,23 @@ def test_build_task_errors():
   bad.task.name = "regression"
   with pytest.raises(ConfigError, match="unknown task 'regression'"):
     build_task(bad, lambda h: 2)
+
+
+def test_ordinal_task_and_class_names_from_class_label_features():
+  import types
+
+  import tensorflow_datasets as tfds
+
+  from mmjax.tasks.classification import class_names
+
+  ordinal = config()
+  ordinal.task.ordinal = True
+  assert build_task(ordinal, lambda h: 3).ordinal
+  assert not build_task(config(), lambda h: 3).ordinal
+  features = {"grade": tfds.features.ClassLabel(names=["low", "mid", "high"]),
+              "digit_value": tfds.features.Scalar(np.int64)}
+  dataset = types.SimpleNamespace(builder=types.SimpleNamespace(
+      info=types.SimpleNamespace(features=features)))
+  fields = ml_collections.ConfigDict(dict(data=dict(fields=dict(label="grade",
+                                                                digit="digit_value"))))
+  assert class_names(fields, dataset, ("label", "digit")) == {"label": ("low", "mid", "high")}

@@ -10,6 +10,8 @@ models and notebooks):
                                 PCM, which is scaled to [-1, 1))
   label         int32   [B]     the main target; other targets (e.g. `written_digit`)
                                 are int32 [B] under their own names
+  target_ids    int32   [B, T]  generation (mmjax/tasks/generation.py): the text to write,
+  target_mask   bool    [B, T]  [CLS] (BOS) first and [SEP] (EOS) last; True on real tokens
   example_mask  bool    [B]     False on padding examples that fill the last eval batch
 
 Training order is a function of the seed, the step, the batch size and the number of
@@ -73,24 +75,31 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   if data_config.name not in BUILDERS:
     raise ConfigError(f"config.data.name: unknown dataset '{data_config.name}'; expected one of "
                       f"{', '.join(BUILDERS)}")
-  make_builder = lambda: BUILDERS[data_config.name](  # noqa: E731
-      data_dir=data_config.data_dir, file_format="array_record")
+  builder_class = BUILDERS[data_config.name]
+  # A builder reading users' files (jsonl, scienceqa) turns `config.data` into its own
+  # constructor arguments (a BuilderConfig naming the files' version) here.
+  extra = (builder_class.builder_kwargs(data_config)
+           if hasattr(builder_class, "builder_kwargs") else {})
+  make_builder = lambda: builder_class(  # noqa: E731
+      data_dir=data_config.data_dir, file_format="array_record", **extra)
+  manual_dir = data_config.get("manual_dir", None)
   builder = make_builder()
   # Process 0 builds first, alone; the others wait, then reuse its files (shared data_dir)
   # or, on a disk of their own, build the same deterministic data themselves.
   if jax.process_index() == 0:
-    _prepare(builder)
+    _prepare(builder, manual_dir)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"mmjax: dataset {data_config.name} prepared")
     builder = make_builder()
-    _prepare(builder)
+    _prepare(builder, manual_dir)
   tokenizer_path = os.path.join(builder.data_dir, "tokenizer.json")
   return Dataset(data_config.name, builder, dict(builder.as_data_source()),
                  tokenizer_path if os.path.exists(tokenizer_path) else None, data_config.cache)
 
 
-def _prepare(builder: tfds.core.DatasetBuilder) -> None:
-  """Generates the dataset into its data dir unless it is already there (offline)."""
+def _prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None) -> None:
+  """Generates the dataset into its data dir unless it is already there (offline);
+  `manual_dir` (`config.data.manual_dir`) holds files a builder reads as given."""
   if os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")) and \
       builder.is_prepared():
     return
@@ -98,7 +107,7 @@ def _prepare(builder: tfds.core.DatasetBuilder) -> None:
   tfds.disable_progress_bar()  # a few seconds of work; the log line above says it
   # try_download_gcs=False: tfds would otherwise look for a prebuilt copy online.
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      try_download_gcs=False))
+      try_download_gcs=False, manual_dir=manual_dir))
 
 
 class InMemorySource:
@@ -194,32 +203,42 @@ def convert_image(image: np.ndarray, size: Sequence[int] | None, channels: int |
 
 
 def make_preprocessor(dataset: Dataset, config: ml_collections.ConfigDict,
-                      modalities: Sequence[str], targets: Sequence[str]) -> Preprocessor:
+                      modalities: Sequence[str], targets: Sequence[str],
+                      features: Sequence[str] = ()) -> Preprocessor:
   """Reads the inputs of `modalities` and the given targets, as `config.data.fields` names
-  them."""
+  them, and the int `features` under their own names (e.g. groups for evaluation)."""
   wanted = [m for m in modalities] + list(targets)
   missing = [role for role in wanted if role not in config.data.fields]
   if missing:
     raise ConfigError(f"config.data.fields names no dataset feature for {', '.join(missing)}")
   fields = {role: config.data.fields[role] for role in wanted}
-  text_encoder = None
-  if "text" in modalities:
-    # `config.input.tokenizer`: a pretrained text tower's own tokenizer (file or directory
-    # with tokenizer.json); by default the vocabulary the dataset was built with.
-    path = config.input.get("tokenizer", None)
-    if path:
-      if not os.path.exists(path):
-        raise ConfigError(f"config.input.tokenizer: '{path}' does not exist; expected a "
-                          "tokenizer.json file or a directory holding one")
-      tokenizer = load_tokenizer(path, standard_ids=False)
-    elif dataset.tokenizer_path is None:
-      raise ConfigError(f"dataset '{dataset.name}' ships no tokenizer.json for its text")
-    else:
-      tokenizer = load_tokenizer(dataset.tokenizer_path)
-    text_encoder = TextEncoder(tokenizer, config.input.max_text_len)
+  fields.update({name: name for name in features if name not in fields})
+  known = dataset.builder.info.features
+  for role, feature in fields.items():
+    if feature not in known:  # e.g. a modality a user's jsonl dataset does not have
+      raise ConfigError(f"config.data.fields.{role}: dataset '{dataset.name}' has no feature "
+                        f"'{feature}'; it has {', '.join(known)}")
+  text_encoder = make_text_encoder(dataset, config) if "text" in modalities else None
   # Optional: the image size and channels a pretrained image tower expects.
   return Preprocessor(fields, text_encoder, image_size=config.input.get("image_size", None),
                       image_channels=config.input.get("image_channels", None))
+
+
+def make_text_encoder(dataset: Dataset, config: ml_collections.ConfigDict) -> TextEncoder:
+  """The TextEncoder of `config.input` (`max_text_len` tokens): `config.input.tokenizer`,
+  a pretrained text tower's own tokenizer (file or directory with tokenizer.json), or by
+  default the vocabulary the dataset was built with."""
+  path = config.input.get("tokenizer", None)
+  if path:
+    if not os.path.exists(path):
+      raise ConfigError(f"config.input.tokenizer: '{path}' does not exist; expected a "
+                        "tokenizer.json file or a directory holding one")
+    tokenizer = load_tokenizer(path, standard_ids=False)
+  elif dataset.tokenizer_path is None:
+    raise ConfigError(f"dataset '{dataset.name}' ships no tokenizer.json for its text")
+  else:
+    tokenizer = load_tokenizer(dataset.tokenizer_path)
+  return TextEncoder(tokenizer, config.input.max_text_len)
 
 
 def local_batch_size(global_batch_size: int) -> int:

@@ -109,8 +109,12 @@ class TextEncoder:
   def vocab_size(self) -> int:
     return len(self.tokenizer)
 
-  def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    encoded = self.tokenizer(list(texts), padding="max_length", truncation=True,
+  def __call__(self, texts: Sequence[str], pairs: Sequence[str] | None = None
+               ) -> dict[str, np.ndarray]:
+    """`pairs`: a second text for each ("[CLS] text [SEP] pair [SEP]"); a pair too long
+    is cut from its longer text first."""
+    encoded = self.tokenizer(list(texts), None if pairs is None else list(pairs),
+                             padding="max_length", truncation=True,
                              max_length=self.max_len, return_attention_mask=True)
     if not self._warned:
       cut = [i for i, e in enumerate(encoded.encodings) if e.overflowing]

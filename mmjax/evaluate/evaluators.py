@@ -13,7 +13,13 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mmjax.evaluate.metrics import classification_metrics, retrieval_metrics
+from mmjax.evaluate.metrics import (
+  classification_metrics,
+  classification_report,
+  quadratic_weighted_kappa,
+  retrieval_metrics,
+  roc_auc,
+)
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -47,23 +53,36 @@ class ClassificationEvaluator:
   """Accuracy, precision, recall, F1 and confusion matrix of every head on one split.
 
   The main head's metrics are named plainly (`accuracy`); auxiliary heads' are
-  prefixed by the head name (`written_digit/accuracy`).
+  prefixed by the head name (`written_digit/accuracy`). Every head also gets `report`, a
+  text table of per-class precision/recall/F1/support (classes named by `class_names`,
+  else "0", "1", ...); a two-class head gets `auc`, the ROC AUC of its class-1
+  probability (left out when the split has only one class); with `ordinal`, the main
+  head's classes are ordered grades and it gets `qwk`, the quadratic weighted kappa.
   """
 
   def __init__(self, predict_fn: Callable[[Any, dict], dict], batches: Callable[[], Iterable],
-               to_device: Callable[[dict], dict], num_classes: dict[str, int], main: str):
+               to_device: Callable[[dict], dict], num_classes: dict[str, int], main: str,
+               groups: dict[str, tuple[str, ...]] | None = None,
+               class_names: dict[str, tuple[str, ...]] | None = None, ordinal: bool = False):
     self.predict_fn = predict_fn
     self.batches = batches
     self.to_device = to_device
     self.num_classes = num_classes
     self.main = main
+    self.groups = dict(groups or {})  # batch key -> names of its values
+    self.class_names = {head: tuple(class_names[head]) if head in (class_names or {})
+                        else tuple(str(i) for i in range(n)) for head, n in num_classes.items()}
+    self.ordinal = ordinal
 
   def predictions(self, params: Any) -> dict[str, dict[str, np.ndarray]]:
-    """{head: {"label", "prediction", "probabilities"}} for every real example: in split
-    order with one process; with several, batch by batch, process by process."""
+    """{head: {"label", "prediction", "probabilities"}} for every real example, and
+    {"groups": {key: values}} for the `groups` keys: in split order with one process;
+    with several, batch by batch, process by process."""
     collected: dict[str, dict[str, list]] = {}
     for batch, outputs in real_outputs(self.predict_fn, params, self.batches(),
-                                       self.to_device, self.num_classes):
+                                       self.to_device, [*self.num_classes, *self.groups]):
+      for key in self.groups:
+        collected.setdefault("groups", {}).setdefault(key, []).append(batch[key])
       for head, out in outputs.items():
         if head not in self.num_classes:
           continue
@@ -75,11 +94,31 @@ class ClassificationEvaluator:
             for head, rows in collected.items()}
 
   def run(self, params: Any) -> Iterator[tuple[str, Any]]:
-    for head, out in self.predictions(params).items():
+    yield from self.metrics(self.predictions(params))
+
+  def metrics(self, predictions: dict[str, dict[str, np.ndarray]]
+              ) -> Iterator[tuple[str, Any]]:
+    """(name, value) pairs of `predictions` (what `predictions(params)` returns)."""
+    groups = predictions.pop("groups", {})
+    for head, out in predictions.items():
       prefix = "" if head == self.main else f"{head}/"
       for name, value in classification_metrics(out["label"], out["prediction"],
                                                 self.num_classes[head]).items():
         yield prefix + name, value
+      yield prefix + "report", classification_report(out["label"], out["prediction"],
+                                                     self.class_names[head])
+      if self.num_classes[head] == 2 and len(np.unique(out["label"])) == 2:
+        yield prefix + "auc", roc_auc(out["label"], out["probabilities"][:, 1])
+      if self.ordinal and head == self.main:
+        yield "qwk", quadratic_weighted_kappa(out["label"], out["prediction"],
+                                              self.num_classes[head])
+    main = predictions[self.main]
+    for key, values in groups.items():
+      for index, name in enumerate(self.groups[key]):
+        chosen = values == index
+        if chosen.any():
+          yield f"accuracy/{name}", float(np.mean(
+              main["label"][chosen] == main["prediction"][chosen]))
 
 
 class PretrainEvaluator:

@@ -121,7 +121,10 @@ def beam_search(apply_fn: ApplyFn, context: Any, bos_id: int, eos_id: int, max_l
   candidates by summed log-probability. Candidates ending in EOS that rank among the first
   beam_size are finished (scored by `length_normalised`, length counting EOS); the best
   beam_size candidates not ending in EOS stay live. An example stops once it has beam_size
-  finished hypotheses (so beam_size=1 is exactly greedy decoding); at max_len, live
+  finished hypotheses and its best live one, normalised at its current length, scores no
+  better than the worst of them (so beam_size=1 is exactly greedy decoding). Stopping at
+  the first beam_size finished ones instead would return an unlikely early EOS, picked up
+  at rank 2 of some step, over the likely sequence still being extended. At max_len, live
   hypotheses count as finished with length max_len (they have no EOS).
 
   Args:
@@ -173,7 +176,9 @@ def _beam_search(apply_fn, context, *, bos_id, eos_id, max_len, beam_size, lengt
     fin_ids = take(jnp.concatenate([state["fin_ids"], cand_ids], axis=1), fin_index)
     # The best candidates not ending in EOS stay live.
     alive_lp, alive_index = jax.lax.top_k(jnp.where(is_eos, -jnp.inf, cand_lp), beams)
-    done = state["done"] | (jnp.sum(jnp.isfinite(fin_scores), axis=1) >= beams)
+    full = jnp.sum(jnp.isfinite(fin_scores), axis=1) >= beams
+    best_alive = length_normalised(alive_lp[:, 0], t + 1, length_penalty)
+    done = state["done"] | (full & (fin_scores[:, -1] >= best_alive))
     return dict(t=t + 1, alive_ids=take(cand_ids, alive_index), alive_lp=alive_lp,
                 fin_ids=fin_ids, fin_scores=fin_scores, done=done)
 

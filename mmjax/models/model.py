@@ -19,6 +19,7 @@ from typing import Any
 import flax.core
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from mmjax.config import ConfigError, check_fields
@@ -37,10 +38,13 @@ MODALITY_INPUTS = flax.core.FrozenDict({
     "audio": ("audio",),                    # float32 [B, samples] waveforms
 })
 HEAD_INPUTS = ("fused", *MODALITY_INPUTS)
+# The logit of a padding choice (multiple choice): its softmax probability is exactly 0.
+ABSENT_CHOICE = -1e9
 
 
 class MultimodalModel(nn.Module):
-  """batch dict -> {head name: logits [B, num_classes] float32}.
+  """batch dict -> {head name: logits [B, num_classes] float32}; with `choice_mask` in the
+  batch (multiple choice, see `score_choices`), {head name: logits [B, K]}.
 
   Attributes:
     towers: {modality: tower}; tower(*[batch[k] for k in inputs[modality]], train=...)
@@ -49,12 +53,14 @@ class MultimodalModel(nn.Module):
     fusion: {modality: Tokens} -> `Fused` (mmjax/models/fusion.py).
     heads: reads the fused output or one tower's tokens (auxiliary per-modality heads).
     inputs: {modality: batch keys}, MODALITY_INPUTS by default.
+    choice_modalities: in multiple choice, the modalities whose inputs hold the choices.
   """
 
   towers: Mapping[str, nn.Module]
   fusion: nn.Module
   heads: Heads
   inputs: Mapping[str, tuple[str, ...]] = MODALITY_INPUTS
+  choice_modalities: tuple[str, ...] = ("text",)
 
   def setup(self):
     for modality, tower in self.towers.items():
@@ -77,8 +83,40 @@ class MultimodalModel(nn.Module):
 
   def __call__(self, batch: Mapping[str, jax.Array], *, train: bool = False
                ) -> dict[str, jax.Array]:
+    if "choice_mask" in batch:
+      return self.score_choices(batch, train=train)
     towers, fused = self.features(batch, train=train)
     return self.heads(towers, fused)
+
+  def score_choices(self, batch: Mapping[str, jax.Array], *, train: bool = False
+                    ) -> dict[str, jax.Array]:
+    """Multiple choice: {head name: logits [B, K] float32}, ABSENT_CHOICE where
+    `choice_mask` [B, K] is False.
+
+    The `choice_modalities`' inputs have a choice axis (text_ids, text_mask [B, K, T]):
+    their towers read the B*K (example, choice) pairs. The other towers read each example
+    once and their tokens are repeated K times, which equals repeating their inputs (a
+    tower treats examples independently) at 1/K of the cost. Fusion and the heads, whose
+    one logit scores a pair, then run on B*K rows as usual.
+    """
+    choice_mask = batch["choice_mask"]
+    size, num_choices = choice_mask.shape
+    towers = {}
+    for modality in sorted(self.towers):
+      inputs = [batch[key] for key in self.inputs[modality]]
+      if modality in self.choice_modalities:
+        inputs = [x.reshape(size * num_choices, *x.shape[2:]) for x in inputs]
+      tokens = getattr(self, f"{modality}_encoder")(*inputs, train=train)
+      if modality not in self.choice_modalities:
+        tokens = Tokens(jnp.repeat(tokens.tokens, num_choices, axis=0),
+                        jnp.repeat(tokens.mask, num_choices, axis=0))
+      towers[modality] = tokens
+    outputs = self.heads(towers, self.fusion(towers, train=train))
+    for name, logits in outputs.items():
+      if logits.shape[-1] != 1:
+        raise ValueError(f"head '{name}' scores a choice with one logit, not {logits.shape[-1]}")
+      outputs[name] = jnp.where(choice_mask, logits.reshape(size, num_choices), ABSENT_CHOICE)
+    return outputs
 
 
 def head_specs(model_config: ml_collections.ConfigDict, modalities: tuple[str, ...],
@@ -210,6 +248,17 @@ def fusion_from_config(model_config: ml_collections.ConfigDict, common: dict[str
   return build_fusion(fusion_cfg.pop("kind", None), **fusion_cfg, **common)
 
 
+def pretrained_sources(config: ml_collections.ConfigDict) -> dict[str, dict[str, str]]:
+  """`config.init_from` as {modality: dict(checkpoint=DIR, kind=KIND)} when it names
+  imported (Hugging Face) towers; empty when unset or when it names an mmjax run."""
+  init_from = config.get("init_from", None) or {}
+  if isinstance(init_from, str):
+    return {}
+  if hasattr(init_from, "to_dict"):
+    init_from = init_from.to_dict()
+  return {modality: dict(source) for modality, source in init_from.items()}
+
+
 def build_model(model_config: ml_collections.ConfigDict, *, modalities: tuple[str, ...],
                 vocab_size: int | None, heads: tuple[HeadSpec, ...],
                 adapter_dim: int = 0,
@@ -219,12 +268,24 @@ def build_model(model_config: ml_collections.ConfigDict, *, modalities: tuple[st
   `adapter_dim` > 0 inserts bottleneck adapters into every Transformer block (the
   `adapters` fine-tuning mode). A modality named in `init_from` (`config.init_from`) gets
   the architecture of that pretrained checkpoint instead of `config.model.<modality>`."""
+  common = module_kwargs(model_config, adapter_dim)
+  towers = build_towers(model_config, modalities, vocab_size, common, init_from)
+  return MultimodalModel(towers, fusion_from_config(model_config, common),
+                         Heads(heads, dtype=common["dtype"], param_dtype=common["param_dtype"]))
+
+
+def build_towers(model_config: ml_collections.ConfigDict, modalities: tuple[str, ...],
+                 vocab_size: int | None, common: dict[str, Any],
+                 init_from: Mapping[str, dict[str, str]] | None = None
+                 ) -> flax.core.FrozenDict:
+  """{modality: tower} of `config.model` for `modalities`, built with `common`
+  (`module_kwargs`); a modality named in `init_from` gets that pretrained checkpoint's
+  architecture (`pretrained_tower`)."""
   init_from = dict(init_from or {})
   unknown = sorted(set(init_from) - set(modalities))
   if unknown:
     raise ConfigError(f"config.init_from: {', '.join(unknown)} is not among the run's "
                       f"modalities {', '.join(modalities)}")
-  common = module_kwargs(model_config, adapter_dim)
   towers = {}
   for modality in modalities:
     if modality not in TOWER_BUILDERS:
@@ -234,8 +295,23 @@ def build_model(model_config: ml_collections.ConfigDict, *, modalities: tuple[st
       towers[modality] = pretrained_tower(modality, dict(init_from[modality]), common)
     else:
       towers[modality] = TOWER_BUILDERS[modality](model_config, common, vocab_size)
-  return MultimodalModel(flax.core.FrozenDict(towers), fusion_from_config(model_config, common),
-                         Heads(heads, dtype=common["dtype"], param_dtype=common["param_dtype"]))
+  return flax.core.FrozenDict(towers)
+
+
+def decoder_from_config(model_config: ml_collections.ConfigDict, vocab_size: int, max_len: int,
+                        common: dict[str, Any], purpose: str) -> nn.Module:
+  """The causal TextDecoder (mmjax/models/decoder.py) of `config.model.decoder` =
+  dict(width, depth, mlp_dim, num_heads, tie_embeddings (optional)), reading at most
+  `max_len` tokens; `purpose` completes the error when the decoder is not configured."""
+  from mmjax.models.decoder import TextDecoder
+
+  if not model_config.get("decoder", None):
+    raise ConfigError(f"config.model.decoder: {purpose} needs a decoder, "
+                      "dict(width=..., depth=..., mlp_dim=..., num_heads=...)")
+  decoder_cfg = model_config.decoder.to_dict()
+  check_fields("config.model.decoder", decoder_cfg,
+               {"width", "depth", "mlp_dim", "num_heads", "tie_embeddings"})
+  return TextDecoder(vocab_size=vocab_size, max_len=max_len, **decoder_cfg, **common)
 
 
 def build_pretrain_model(model_config: ml_collections.ConfigDict, *,
@@ -245,7 +321,6 @@ def build_pretrain_model(model_config: ml_collections.ConfigDict, *,
   """The pre-training model (mmjax/models/pretrain.py) of `config.model`: image and text
   towers and fusion as for fine-tuning, `embed_dim` for the contrastive space, and
   `decoder` = dict(width, depth, mlp_dim, num_heads) when `caption` is an objective."""
-  from mmjax.models.decoder import TextDecoder
   from mmjax.models.pretrain import CONTRASTIVE, OBJECTIVES, PretrainModel
 
   unknown = [name for name in objectives if name not in OBJECTIVES]
@@ -265,14 +340,8 @@ def build_pretrain_model(model_config: ml_collections.ConfigDict, *,
     fusion = fusion_from_config(model_config, common)
   decoder = None
   if "caption" in objectives:
-    if not model_config.get("decoder", None):
-      raise ConfigError("config.model.decoder: the caption objective needs a decoder, "
-                        "dict(width=..., depth=..., mlp_dim=..., num_heads=...)")
-    decoder_cfg = model_config.decoder.to_dict()
-    check_fields("config.model.decoder", decoder_cfg,
-                 {"width", "depth", "mlp_dim", "num_heads", "tie_embeddings"})
-    decoder = TextDecoder(vocab_size=vocab_size, max_len=model_config.text.max_len,
-                          **decoder_cfg, **common)
+    decoder = decoder_from_config(model_config, vocab_size, model_config.text.max_len, common,
+                                  "the caption objective")
   embed_dim = model_config.get("embed_dim", None)
   if not isinstance(embed_dim, int) or embed_dim <= 0:
     raise ConfigError(f"config.model.embed_dim: expected a positive integer (the contrastive "

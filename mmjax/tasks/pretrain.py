@@ -15,10 +15,16 @@ the weighted total `loss`.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from mmjax.config import ConfigError
+from mmjax.data import pipeline
+from mmjax.evaluate.evaluators import PretrainEvaluator
+from mmjax.models.model import build_pretrain_model
 from mmjax.objectives import losses
 
 
@@ -86,3 +92,22 @@ class PretrainTask:
         hit = jnp.argmax(outputs[f"{name}_logits"], -1) == outputs[f"{name}_targets"]
         out[name] = {"correct": (hit * weights).sum(-1), "count": weights.sum(-1)}
     return out
+
+  def build(self, config: ml_collections.ConfigDict, dataset: pipeline.Dataset,
+            modalities: tuple[str, ...], finetune: Any) -> tuple[pipeline.Preprocessor, Any]:
+    """(preprocessor of images and texts, PretrainModel of `config.model`)."""
+    del finetune  # pre-training trains everything
+    preprocessor = pipeline.make_preprocessor(dataset, config, modalities, self.targets)
+    if set(modalities) != {"image", "text"} or preprocessor.text_encoder is None:
+      raise ConfigError("config.model.modalities: pre-training needs image,text, got "
+                        f"{config.model.modalities}")
+    tokenizer = preprocessor.text_encoder.tokenizer
+    model = build_pretrain_model(
+        config.model, objectives=tuple(self.weights),
+        vocab_size=preprocessor.text_encoder.vocab_size, contrastive=self.contrastive,
+        mask_prob=self.mask_prob, negative_scale=self.negative_scale,
+        mask_id=tokenizer.mask_token_id, num_special=max(tokenizer.all_special_ids) + 1)
+    return preprocessor, model
+
+  def evaluator(self, exp: Any, predict_fn: Any, batches: Any) -> PretrainEvaluator:
+    return PretrainEvaluator(predict_fn, batches, exp.to_device)

@@ -26,7 +26,7 @@ from mmjax.config import ConfigError, check_fields, modalities
 from mmjax.data import pipeline
 from mmjax.evaluate import evaluators as evaluators_lib
 from mmjax.models import lora
-from mmjax.models.model import build_model, build_pretrain_model, head_specs
+from mmjax.models.model import pretrained_sources
 from mmjax.tasks import build_task
 from mmjax.tasks.pretrain import PretrainTask
 from mmjax.train import checkpoint as checkpoint_lib
@@ -72,7 +72,6 @@ class Experiment:
 
 def build_experiment(config: ml_collections.ConfigDict,
                      devices: list[jax.Device] | None = None) -> Experiment:
-  mods = modalities(config)
   finetune = param_rules.Finetune.from_config(config)
   dataset = pipeline.open_dataset(config.data)
 
@@ -82,26 +81,10 @@ def build_experiment(config: ml_collections.ConfigDict,
     return dataset.num_classes(config.data.fields[head])
 
   task = build_task(config, num_classes)
-  if isinstance(task, PretrainTask):
-    preprocessor = pipeline.make_preprocessor(dataset, config, mods, task.targets)
-    if set(mods) != {"image", "text"} or preprocessor.text_encoder is None:
-      raise ConfigError("config.model.modalities: pre-training needs image,text, got "
-                        f"{config.model.modalities}")
-    tokenizer = preprocessor.text_encoder.tokenizer
-    model = build_pretrain_model(
-        config.model, objectives=tuple(task.weights),
-        vocab_size=preprocessor.text_encoder.vocab_size,
-        contrastive=task.contrastive, mask_prob=task.mask_prob,
-        negative_scale=task.negative_scale,
-        mask_id=tokenizer.mask_token_id, num_special=max(tokenizer.all_special_ids) + 1)
-  else:
-    heads = head_specs(config.model, mods, num_classes)
-    preprocessor = pipeline.make_preprocessor(
-        dataset, config, mods, [h.name for h in heads if h.name in task.targets])
-    vocab_size = preprocessor.text_encoder.vocab_size if preprocessor.text_encoder else None
-    model = build_model(config.model, modalities=mods, vocab_size=vocab_size, heads=heads,
-                        adapter_dim=finetune.model_adapter_dim,
-                        init_from=pretrained_sources(config))
+  # A task over inputs of its own kind (knowledge tracing's interaction sequences) names
+  # them in `task.modalities`; the others read `config.model.modalities`.
+  mods = getattr(task, "modalities", None) or modalities(config)
+  preprocessor, model = task.build(config, dataset, mods, finetune)
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   parts = math.lcm(mesh.size, jax.process_count())
   for field, size in (("input.batch_size", config.input.batch_size),
@@ -128,17 +111,6 @@ def initial_params(exp: Experiment, *, pretrained: bool = True) -> dict:
   if pretrained:
     params = load_pretrained_towers(exp, params)
   return add_finetune_params(exp, params)
-
-
-def pretrained_sources(config: ml_collections.ConfigDict) -> dict[str, dict[str, str]]:
-  """`config.init_from` as {modality: dict(checkpoint=DIR, kind=KIND)} when it names
-  imported (Hugging Face) towers; empty when unset or when it names an mmjax run."""
-  init_from = config.get("init_from", None) or {}
-  if isinstance(init_from, str):
-    return {}
-  if hasattr(init_from, "to_dict"):
-    init_from = init_from.to_dict()
-  return {modality: dict(source) for modality, source in init_from.items()}
 
 
 def load_pretrained_towers(exp: Experiment, params: dict) -> dict:
@@ -274,14 +246,9 @@ def make_evaluators(exp: Experiment, params_sharding: Any, model_params: Any = i
   config = exp.config
   predict = make_predict_step(exp.model, exp.task, params_sharding, exp.batch_sharding,
                               model_params=model_params)
-  evaluators: dict[str, Any] = {}
-  for split in config.evals.splits:
-    batches = eval_batches(exp, split)
-    if isinstance(exp.task, PretrainTask):
-      evaluators[split] = evaluators_lib.PretrainEvaluator(predict, batches, exp.to_device)
-    else:
-      evaluators[split] = evaluators_lib.ClassificationEvaluator(
-          predict, batches, exp.to_device, exp.task.num_classes, exp.task.main)
+  evaluators: dict[str, Any] = {
+      split: exp.task.evaluator(exp, predict, eval_batches(exp, split))
+      for split in config.evals.splits}
   zeroshot = config.evals.get("zeroshot", None)
   if zeroshot:
     if not isinstance(exp.task, PretrainTask):

@@ -1,0 +1,3 @@
+from mmjax.data.builders.edu_tracing.edu_tracing import EduTracing
+
+__all__ = ["EduTracing"]

@@ -1,0 +1,3 @@
+from mmjax.data.builders.scienceqa.scienceqa import ScienceQa
+
+__all__ = ["ScienceQa"]

@@ -1,0 +1,106 @@
+"""`shapes_relational`: relational visual question answering on scenes of coloured shapes.
+
+In the spirit of Sort-of-CLEVR (Santoro et al. 2017, "A simple neural network module for
+relational reasoning"), generated here from scratch. Each image (uint8 [32, 32, 3]) shows
+six objects, one of each colour (red, green, blue, orange, grey, yellow), in six distinct
+cells of a 4x4 grid of 8x8-pixel cells on black; each object is a circle, a square or a
+triangle. Every question names one object by its colour and is of one of six types:
+
+  non-relational  shape           "What shape is the red object?"
+                  horizontal      "Is the green one on the left or the right?"
+                  vertical        "Is the blue thing at the top or the bottom?"
+  relational      closest_shape   "What is the shape of the object closest to the grey one?"
+                  furthest_shape  "What shape is the object farthest from the orange item?"
+                  count           "How many objects have the same shape as the yellow
+                                   object, including it?"
+
+Relational questions need the asked object to be compared with the others (distances
+between cell centres; a question whose closest or furthest object is tied is never
+asked). Each type has six wordings and four words for the object ("object", "one",
+"thing", "item"). Everything is drawn from the fixed `ShapesRelational.SEED`: every build
+is identical. See `scenes.py`.
+
+- Splits (one question of each type per scene, so types are exactly balanced):
+  `train` 18,000 scenes = 108,000 questions; `validation` 500 scenes = 3,000; `test` 800
+  scenes = 4,800. No scene occurs twice, within or across splits.
+- A WordPiece vocabulary is built (deterministically) from the training questions and
+  saved as `tokenizer.json` in the dataset directory.
+
+Features: `image` uint8 [32, 32, 3] (0..255), `question` text, `answer` (13 classes:
+circle, square, triangle, left, right, top, bottom, 1..6), `question_type` (the six types
+above), `relational` (non_relational, relational), `colour` (the colour the question
+names), `scene_id` (unique across splits),
+`scene` (canonical content: "red circle at row 0 column 2; green square at row 1 column 3;
+...", colours in the order above).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mmjax.data.builders.shapes_relational import scenes
+from mmjax.data.tokenizer import build_wordpiece
+
+TOKENIZER_FILE = "tokenizer.json"
+FEATURES = ("image", "question", "answer", "question_type", "relational", "colour", "scene_id",
+            "scene")
+CITATION = ("Santoro et al. (2017), A simple neural network module for relational reasoning, "
+            "NeurIPS (Sort-of-CLEVR, the task this dataset follows).")
+
+
+class ShapesRelational(tfds.core.GeneratorBasedBuilder):
+  """Relational VQA on six coloured shapes: positions, shapes, closest/furthest, counts."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  SEED = 20261124
+  NUM_SCENES = {"train": 18_000, "validation": 500, "test": 800}
+  VOCAB_SIZE = 256
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            # uint8 tensors rather than tfds.features.Image: no TensorFlow needed.
+            "image": tfds.features.Tensor(
+                shape=(scenes.IMAGE_SIZE, scenes.IMAGE_SIZE, 3), dtype=np.uint8),
+            "question": tfds.features.Text(),
+            "answer": tfds.features.ClassLabel(names=list(scenes.ANSWERS)),
+            "question_type": tfds.features.ClassLabel(names=list(scenes.QUESTION_TYPES)),
+            "relational": tfds.features.ClassLabel(names=list(scenes.RELATIONAL_NAMES)),
+            "colour": tfds.features.ClassLabel(names=list(scenes.COLOURS)),
+            "scene_id": tfds.features.Scalar(dtype=np.int32),
+            "scene": tfds.features.Text(),
+        }),
+        citation=CITATION,
+    )
+
+  @classmethod
+  def make_splits(cls) -> dict[str, dict]:
+    """{split: example columns} (see `scenes.make_split`), drawn in NUM_SCENES order so
+    that later splits exclude every earlier split's scenes."""
+    seen: set[tuple[int, ...]] = set()
+    splits, first_scene_id = {}, 0
+    for i, (name, num_scenes) in enumerate(cls.NUM_SCENES.items()):
+      splits[name] = scenes.make_split(num_scenes, cls.SEED + i + 1,
+                                       first_scene_id=first_scene_id, exclude=seen)
+      first_scene_id += num_scenes
+    return splits
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing is downloaded.
+    splits = self.make_splits()
+    # self.data_dir is tfds's temporary directory here, renamed into place only when
+    # the whole dataset is written, so the vocabulary appears atomically with it.
+    build_wordpiece(splits["train"]["question"], self.VOCAB_SIZE,
+                    os.path.join(self.data_dir, TOKENIZER_FILE))
+    return {name: self._generate_examples(columns) for name, columns in splits.items()}
+
+  def _generate_examples(self, columns):
+    for i in range(len(columns["question"])):
+      yield i, {name: columns[name][i] for name in FEATURES}  # the key fixes the order
