@@ -73,6 +73,20 @@ def adamw(learning_rate: float, **overrides: Any) -> ml_collections.ConfigDict:
   return optimizer
 
 
+def finetune(mode: str = "full", **overrides: Any) -> ml_collections.ConfigDict:
+  """`config.finetune` with mmjax's defaults. What trains (mmjax/train/param_rules.py):
+  `mode` full | frozen_image | frozen_text | frozen_towers | lora | adapters; heads,
+  fusion and LoRA/adapter parameters always train; `rules` = ((regex, "train" |
+  "freeze"), ...) over parameter paths come first; `lora` rank 8, alpha 16 on the towers'
+  query and value kernels; `adapters` of bottleneck dim 16."""
+  config = ml_collections.ConfigDict(dict(
+      mode=mode, rules=(),
+      lora=dict(rank=8, alpha=16.0, targets=r"[^/]+_encoder/.*/(query|value)/kernel"),
+      adapters=dict(dim=16)))
+  config.update(overrides)
+  return config
+
+
 def did_you_mean(name: str, candidates) -> str:
   """Returns "; did you mean 'x'?" for the closest candidate, or "" if none is close."""
   close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

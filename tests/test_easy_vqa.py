@@ -8,17 +8,19 @@ import easy_vqa
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from mmjax.config import ConfigError
 from mmjax.data import pipeline
 from mmjax.data.builders.easy_vqa import easy_vqa as builder_module
+from mmjax.data.builders.easy_vqa import objects
 from mmjax.data.tokenizer import load_tokenizer
 from mmjax.train import loop
 
 from conftest import load_config
 
-FIELDS = ("question", "answer", "answer_type", "image_id")
+FIELDS = ("question", "answer", "answer_type", "shape", "color", "named_shape", "named_color",
+          "negated", "image_id")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,13 @@ def test_features_and_answer_vocabulary_are_the_packages(dataset):
   assert features["answer"].names == easy_vqa.get_answers()
   assert len(features["answer"].names) == 13
   assert features["answer_type"].names == ["shape", "color", "yes_no"]
-  assert str(dataset.builder.info.version) == "1.0.0"
+  assert features["shape"].names == ["circle", "rectangle", "triangle"]
+  assert sorted(features["color"].names) == sorted(
+      set(easy_vqa.get_answers()) - {"circle", "rectangle", "triangle", "yes", "no"})
+  assert features["named_shape"].names == ["none", "circle", "rectangle", "triangle"]
+  assert features["named_color"].names == ["none", *objects.PALETTE]
+  assert features["negated"].names == ["no", "yes"]
+  assert str(dataset.builder.info.version) == "1.1.0"
   assert "MIT" in dataset.builder.info.redistribution_info.license
   assert dataset.builder.info.homepage == "https://github.com/vzhou842/easy-VQA"
 
@@ -105,6 +113,89 @@ def test_images_and_answer_types_match_the_package(dataset, columns):
   # The package's README: 28,407 train and 7,136 test questions are yes/no.
   yes_no_train = sum(n for (_, kind), n in counts.items() if kind == "yes_no")
   assert yes_no_train == 28407 + 7136
+
+
+def test_shape_and_colour_imply_every_answer(dataset, columns):
+  features = dataset.builder.info.features
+  for split, c in columns.items():
+    shapes = [features["shape"].names[i] for i in c["shape"]]
+    colours = [features["color"].names[i] for i in c["color"]]
+    answers = [features["answer"].names[i] for i in c["answer"]]
+    implied = [objects.implied_answer(q, s, k)
+               for q, s, k in zip(c["question"], shapes, colours, strict=True)]
+    assert implied == answers, split
+    # What each question says, by a reading of its own: the words it names.
+    for i, question in enumerate(c["question"]):
+      words = question.rstrip("?").split()
+      named = [w for w in words if w in objects.SHAPES] or ["none"]
+      assert features["named_shape"].names[c["named_shape"][i]] == named[0], question
+      named = [w for w in words if w in objects.PALETTE] or ["none"]
+      assert features["named_color"].names[c["named_color"][i]] == named[0], question
+      negated = "not" in words or "no" in words
+      assert c["negated"][i] == int(negated), question
+    # One object per image: its questions all see the same shape and colour.
+    per_image = {(i, s, k) for i, s, k in zip(c["image_id"], shapes, colours, strict=True)}
+    assert len(per_image) == len(set(c["image_id"]))
+  counts = collections.Counter(columns["test"]["shape"])
+  assert len(counts) == 3 and min(counts.values()) > 0.25 * len(columns["test"]["shape"])
+
+
+def draw(shape: str, colour: str, box=(10, 14, 41, 45), background=(236, 241, 250)):
+  image = Image.new("RGB", (64, 64), background)
+  draw = ImageDraw.Draw(image)
+  x0, y0, x1, y1 = box
+  fill = objects.PALETTE[colour]
+  if shape == "circle":
+    draw.ellipse(box, fill=fill)
+  elif shape == "rectangle":
+    draw.rectangle(box, fill=fill)
+  else:
+    draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=fill)
+  return np.asarray(image)
+
+
+@pytest.mark.parametrize("shape", objects.SHAPES)
+@pytest.mark.parametrize("colour", ["red", "gray", "yellow", "black", "teal"])
+def test_describe_object_reads_drawn_shapes(shape, colour):
+  assert objects.describe_object(draw(shape, colour)) == (shape, colour)
+  # Position and size do not matter.
+  assert objects.describe_object(draw(shape, colour, box=(30, 2, 49, 21))) == (shape, colour)
+
+
+def test_implied_answer_follows_the_templates():
+  cases = [
+      ("what color is the triangle?", "teal"),
+      ("what is the color of the shape?", "teal"),
+      ("what is the teal shape?", "triangle"),
+      ("what shape does the image contain?", "triangle"),
+      ("is there a teal shape?", "yes"),
+      ("is there not a teal shape in the image?", "no"),
+      ("is no red shape present?", "yes"),
+      ("does the image contain a circle?", "no"),
+      ("does the image not contain a circle?", "yes"),
+      ("is a triangle present?", "yes"),
+  ]
+  for question, answer in cases:
+    assert objects.implied_answer(question, "triangle", "teal") == answer, question
+  assert objects.parse_question("is no red circle present?") == ("circle", "red", True)
+  assert objects.parse_question("what shape is in the image?") == ("none", "none", False)
+  with pytest.raises(ValueError, match="names more than one shape or colour"):
+    objects.parse_question("is there a red or blue shape?")
+
+
+def test_an_answer_the_picture_contradicts_stops_the_build(tmp_path):
+  path = str(tmp_path / "0.png")
+  Image.fromarray(draw("circle", "blue")).save(path)
+  builder = builder_module.EasyVqa(data_dir=str(tmp_path / "tfds"))
+  data = (["what color is the circle?", "is there a red shape?"], ["blue", "yes"], [0, 0],
+          {0: path})
+  examples = builder._generate_examples(data, None)
+  key, first = next(examples)
+  assert key == 0 and (first["shape"], first["color"], first["answer_type"]) == (
+      "circle", "blue", "color")
+  with pytest.raises(ConfigError, match=r"0.png looks like a blue circle, but question 1 "
+                                        r"\('is there a red shape\?'\) is answered 'yes'"):
+    next(examples)
 
 
 def test_vocabulary_covers_every_question(dataset, columns):

@@ -4,11 +4,12 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mmjax.config import ConfigError
 from mmjax.models import text as text_lib
 from mmjax.models import vit as vit_lib
 from mmjax.models.fusion import CrossAttentionFusion, build_fusion
 from mmjax.models.heads import HeadSpec
-from mmjax.models.layers import MultiHeadAttention, Tokens
+from mmjax.models.layers import MultiHeadAttention, Tokens, sincos_2d
 from mmjax.models.model import build_model, head_specs
 
 RNG = jax.random.key(0)
@@ -55,6 +56,33 @@ def test_vit_variants_and_shapes():
   assert out.mask.shape == (2, 17) and bool(out.mask.all())
 
 
+def test_sincos2d_position_embeddings():
+  pos = sincos_2d(4, 4, 32)
+  assert pos.shape == (16, 32)
+  # Row-major: patch 5 is row 1, column 1; its y and x halves are equal.
+  np.testing.assert_allclose(pos[5, :16], pos[5, 16:])
+  np.testing.assert_allclose(pos[0], np.tile(np.repeat([0.0, 1.0], 8), 2))  # sin, cos of 0
+  # Similarity falls with distance: from the corner, (0, 1) > (1, 1) > (2, 2) > (3, 3).
+  similarity = pos @ pos[0]
+  assert similarity[1] > similarity[5] > similarity[10] > similarity[15]
+  with pytest.raises(ConfigError, match="divisible by 4"):
+    sincos_2d(4, 4, 30)
+
+
+def test_vit_sincos2d_has_no_position_parameter_and_sees_positions():
+  vit = vit_lib.ViT(**vit_lib.parse_variant("nano/8"), posemb="sincos2d")
+  images = jnp.zeros((1, 32, 32, 3))
+  params = vit.init(RNG, images, train=False)
+  assert "pos_embedding" not in params["params"]
+  tokens = vit.apply(params, images, train=False).tokens
+  # Identical (blank) patches differ only by their fixed positions.
+  assert tokens.shape == (1, 17, 32)
+  assert float(jnp.abs(tokens[0, 1] - tokens[0, 2]).max()) > 1e-3
+  with pytest.raises(ConfigError, match="posemb: unknown position embedding 'rope'"):
+    vit_lib.ViT(**vit_lib.parse_variant("nano/8"), posemb="rope").init(RNG, images,
+                                                                      train=False)
+
+
 def test_text_encoder_shapes_and_padding_invariance():
   encoder = text_lib.TextEncoder(vocab_size=50, max_len=12, **text_lib.parse_variant("nano"))
   data = batch()
@@ -79,6 +107,26 @@ def test_attention_ignores_masked_keys():
   changed = x.at[0, 3:].set(100.0)
   np.testing.assert_allclose(attention.apply(params, changed, changed, mask)[0, :3], out[0, :3],
                              atol=1e-5)
+
+
+def test_attention_sows_its_logits_only_when_asked():
+  attention = MultiHeadAttention(num_heads=2)
+  rng = np.random.default_rng(0)
+  queries = jnp.asarray(rng.normal(size=(2, 3, 8)), jnp.float32)
+  keys = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+  mask = jnp.asarray([[True] * 5, [True, True, True, False, False]])[:, None, None, :]
+  params = attention.init(RNG, queries, keys, mask)
+  plain, state = attention.apply(params, queries, keys, mask, mutable=["intermediates"])
+  logits = state["intermediates"]["logits"][0]
+  assert logits.shape == (2, 2, 3, 5)
+  assert float(logits[1, :, :, 3:].max()) == -1e9  # masked keys
+  # softmax(logits) @ values, through the out projection, is the layer's output.
+  p = params["params"]
+  values = (keys @ p["value"]["kernel"] + p["value"]["bias"]).reshape(2, 5, 2, 4)
+  attended = jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(logits, -1), values).reshape(2, 3, 8)
+  np.testing.assert_allclose(attended @ p["out"]["kernel"] + p["out"]["bias"], plain,
+                             rtol=1e-5, atol=1e-5)
+  assert not attention.apply(params, queries, keys, mask, mutable=["cache"])[1]
 
 
 def test_cross_attention_fusion_reads_both_modalities():

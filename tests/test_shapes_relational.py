@@ -42,8 +42,21 @@ def parse_scene(text):
   return objects
 
 
-def reference_answer(objects, question_type, colour):
-  """The answer computed from first principles; asserts closest/furthest are unique."""
+def reference_answer_and_object(objects, question_type, colour):
+  """(the answer computed from first principles, (row, column) of the object it reports:
+  the closest or furthest one, or the asked one); asserts closest/furthest are unique."""
+  shape, row, column = objects[colour]
+  if question_type not in ("closest_shape", "furthest_shape"):
+    return reference_plain_answer(objects, question_type, colour), (row, column)
+  others = sorted((math.dist((row, column), (r, k)), s, (r, k))
+                  for c, (s, r, k) in objects.items() if c != colour)
+  if question_type == "furthest_shape":
+    others = others[::-1]
+  assert others[0][0] != others[1][0], "an ambiguous question was asked"
+  return others[0][1], others[0][2]
+
+
+def reference_plain_answer(objects, question_type, colour):
   shape, row, column = objects[colour]
   if question_type == "shape":
     return shape
@@ -51,14 +64,8 @@ def reference_answer(objects, question_type, colour):
     return "left" if column < 2 else "right"
   if question_type == "vertical":
     return "top" if row < 2 else "bottom"
-  if question_type == "count":
-    return str(sum(other[0] == shape for other in objects.values()))
-  others = sorted((math.dist((row, column), (r, k)), s) for c, (s, r, k) in objects.items()
-                  if c != colour)
-  if question_type == "furthest_shape":
-    others = others[::-1]
-  assert others[0][0] != others[1][0], "an ambiguous question was asked"
-  return others[0][1]
+  assert question_type == "count", question_type
+  return str(sum(other[0] == shape for other in objects.values()))
 
 
 def asked_colour(question):
@@ -78,8 +85,13 @@ def check_examples(columns, indices):
     assert classify(question) == question_type, (question_type, question)
     colour = asked_colour(question)
     assert COLOURS[columns["colour"][i]] == colour
-    expected = reference_answer(objects, question_type, colour)
+    expected, (row, column) = reference_answer_and_object(objects, question_type, colour)
     assert scene_lib.ANSWERS[columns["answer"][i]] == expected, (question, objects)
+    asked = objects[colour][1:]
+    assert scene_lib.CELL_NAMES[columns["object_cell"][i]] == "row {} column {}".format(*asked)
+    assert scene_lib.CELL_NAMES[columns["answer_cell"][i]] == f"row {row} column {column}"
+    for name in scene_lib.SHAPES:
+      assert columns[name][i] == sum(shape == name for shape, _, _ in objects.values())
     relational = question_type in ("closest_shape", "furthest_shape", "count")
     assert columns["relational"][i] == int(relational)
     check_image(columns["image"][i], objects)
@@ -154,7 +166,8 @@ def test_ambiguous_questions_are_refused():
 
 def test_same_seed_gives_identical_examples():
   a, b, c = (scene_lib.make_split(100, seed) for seed in (5, 5, 6))
-  for key in ("image", "answer", "question_type", "relational", "colour", "scene_id"):
+  for key in ("image", "answer", "question_type", "relational", "colour", "object_cell",
+              "answer_cell", "scene_id", "circle", "square", "triangle"):
     np.testing.assert_array_equal(a[key], b[key])
   assert a["question"] == b["question"] and a["scene"] == b["scene"]
   assert a["scene"] != c["scene"] and a["question"] != c["question"]
@@ -194,6 +207,10 @@ def test_built_dataset_features_sizes_and_vocabulary(dataset):
   assert features["relational"].names == ["non_relational", "relational"]
   assert features["question_type"].names == list(scene_lib.QUESTION_TYPES)
   assert features["colour"].names == list(COLOURS)
+  assert features["object_cell"].names == features["answer_cell"].names == [
+      f"row {r} column {k}" for r in range(4) for k in range(4)]
+  assert features["circle"].names == [str(n) for n in range(7)]
+  assert str(dataset.builder.info.version) == "1.2.0"
   test = dataset.sources["test"]
   examples = [test[i] for i in range(0, len(test), 7)]
   columns = {key: [ex[key] for ex in examples] for key in examples[0]}

@@ -94,3 +94,101 @@ def test_ordinal_task_and_class_names_from_class_label_features():
   fields = ml_collections.ConfigDict(dict(data=dict(fields=dict(label="grade",
                                                                 digit="digit_value"))))
   assert class_names(fields, dataset, ("label", "digit")) == {"label": ("low", "mid", "high")}
+
+
+def attention_model():
+  """A tiny image+text model with 2-layer cross-attention fusion (4x4 patches of 8x8)."""
+  from mmjax.models.heads import HeadSpec
+  from mmjax.models.model import build_model
+
+  model_config = ml_collections.ConfigDict(dict(
+      modalities="image,text", dtype="float32", param_dtype="float32", dropout_rate=0.0,
+      image=dict(variant="nano/2", posemb="sincos2d"), text=dict(variant="nano", max_len=6),
+      fusion=dict(kind="cross_attention", depth=2, width=32, num_heads=2, mlp_dim=64),
+      heads=dict(label=dict(input="fused", pooling="cls"))))
+  return build_model(model_config, modalities=("image", "text"), vocab_size=20,
+                     heads=(HeadSpec("label", "fused", 3, "cls"),))
+
+
+def attention_batch(size=4, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.normal(size=(size, 8, 8, 3)).astype(np.float32),
+          "text_ids": rng.integers(1, 20, (size, 6)).astype(np.int32),
+          "text_mask": np.ones((size, 6), bool),
+          "label": rng.integers(0, 3, size), "cell": rng.integers(0, 16, size),
+          "example_mask": np.array([True] * (size - 1) + [False])}
+
+
+LAYER = "fusion/cross_encoder/block_1/cross_attention"
+
+
+def test_attention_targets_loss_is_cross_entropy_of_the_sown_logits():
+  model, batch = attention_model(), attention_batch()
+  params = model.init(jax.random.key(0), batch)["params"]
+  outputs, state = model.apply({"params": params}, batch, mutable=["intermediates"])
+  logits = state["intermediates"]["fusion"]["cross_encoder"]["block_1"]["cross_attention"][
+      "logits"][0]
+  assert logits.shape == (4, 2, 6, 17)  # [B, heads, text tokens, image CLS + 16 patches]
+  task = ClassificationTask({"label": 3}, {"label": 1.0}, attention_targets={
+      "cell": dict(layer=LAYER, weight=0.5, query=0, head=1, offset=1)})
+  assert task.reads_intermediates and not ClassificationTask({"label": 3}, {"label": 1.0}
+                                                             ).reads_intermediates
+  total, metrics = task.loss(dict(outputs, intermediates=state["intermediates"]), batch)
+  row = np.asarray(logits[:, 1, 0, :], np.float64)  # head 1, query token 0
+  log_probs = row - row.max(-1, keepdims=True)
+  log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+  expected = -log_probs[np.arange(4), batch["cell"] + 1][:3].mean()  # example 4 is padding
+  assert float(metrics["cell/attention_loss"]) == pytest.approx(expected, rel=1e-5)
+  plain = ClassificationTask({"label": 3}, {"label": 1.0}).loss(outputs, batch)[0]
+  assert float(total) == pytest.approx(float(plain) + 0.5 * expected, rel=1e-5)
+
+
+def test_attention_targets_train_one_head_to_point_at_the_target():
+  import optax
+
+  model, batch = attention_model(), attention_batch(size=16, seed=1)
+  batch["example_mask"] = np.ones(16, bool)
+  params = model.init(jax.random.key(0), batch)["params"]
+  task = ClassificationTask({"label": 3}, {"label": 0.0}, attention_targets={
+      "cell": dict(layer=LAYER, weight=1.0, offset=1)})
+  tx = optax.adam(1e-2)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state):
+    def loss_fn(p):
+      outputs, state = model.apply({"params": p}, batch, mutable=["intermediates"])
+      return task.loss(dict(outputs, intermediates=state["intermediates"]), batch)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+  first = None
+  for _ in range(60):
+    params, opt_state, metrics = step(params, opt_state)
+    first = first if first is not None else metrics
+  assert float(first["cell/attention_accuracy"]) < 0.3
+  assert float(metrics["cell/attention_accuracy"]) == 1.0
+  assert float(metrics["cell/attention_loss"]) < 0.1 * float(first["cell/attention_loss"])
+
+
+def test_attention_targets_errors():
+  with pytest.raises(ConfigError, match=r"attention_targets.cell: 'weight' is required"):
+    ClassificationTask({"label": 3}, {"label": 1.0},
+                       attention_targets={"cell": dict(layer=LAYER)})
+  with pytest.raises(ConfigError, match=r"attention_targets.cell: unknown field\(s\) colum"):
+    ClassificationTask({"label": 3}, {"label": 1.0},
+                       attention_targets={"cell": dict(layer=LAYER, weight=1.0, colum=2)})
+  model, batch = attention_model(), attention_batch()
+  params = model.init(jax.random.key(0), batch)["params"]
+  outputs, state = model.apply({"params": params}, batch, mutable=["intermediates"])
+  outputs = dict(outputs, intermediates=state["intermediates"])
+  wrong = ClassificationTask({"label": 3}, {"label": 1.0}, attention_targets={
+      "cell": dict(layer="fusion/cross_encoder/block_7/cross_attention", weight=1.0)})
+  with pytest.raises(ConfigError, match=r"fusion/cross_encoder has no 'block_7'; expected "
+                                        r"one of block_0, block_1"):
+    wrong.loss(outputs, batch)
+  not_attention = ClassificationTask({"label": 3}, {"label": 1.0}, attention_targets={
+      "cell": dict(layer="fusion/cross_encoder/block_1", weight=1.0)})
+  with pytest.raises(ConfigError, match="is not an attention layer"):
+    not_attention.loss(outputs, batch)

@@ -38,7 +38,7 @@ Smoke size for tests and laptops: `--config configs/edu/behaviour.py:runlocal`.
 
 import ml_collections
 
-from mmjax.config import ConfigError, adamw, parse_arg
+from mmjax.config import ConfigError, adamw, finetune, parse_arg
 
 MODALITIES = ("image", "text", "audio")
 
@@ -93,12 +93,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer = adamw(3e-3 if arg.runlocal else 1e-3)
   c.schedule = dict(warmup_steps=5 if arg.runlocal else 50, decay="cosine", end_factor=0.0)
 
-  c.finetune = ml_collections.ConfigDict()
-  c.finetune.mode = "full"
-  c.finetune.rules = ()
-  c.finetune.lora = dict(rank=8, alpha=16.0,
-                         targets=r"[^/]+_encoder/.*/(query|value)/kernel")
-  c.finetune.adapters = dict(dim=16)
+  # What trains: full | frozen_image | frozen_text | frozen_towers | lora | adapters
+  # (mmjax.config.finetune; `rules` over parameter paths come first).
+  c.finetune = finetune()
 
   c.mesh = (("data", -1),)  # data parallel over every device
   c.checkpoint = dict(every_steps=c.log_every_steps * (3 if arg.runlocal else 10), keep=2)

@@ -7,26 +7,34 @@ with templated questions about its shape, its colour, or whether a shape or colo
 `validation` is 400 of the package's train images held out whole; `test` is the
 package's own test split (1,000 unseen images, 9,673 questions).
 
-Model: images downsampled to 32x32 (`config.input.image_size`; the smallest shapes stay
-4 pixels wide), a ViT on 4x4 patches (64 patch tokens + [CLS]), a BERT-style text encoder,
+Model: a ViT on 8x8 patches of the 64x64 image (64 patch tokens + [CLS]; `res=32,patch=4`
+downsamples first, and learnt shapes more slowly), a BERT-style text encoder,
 cross-attention fusion (the question's tokens attend to the image tokens, ALBEF), [CLS]
-pooling, 13-way answer head. Accuracy is also reported per answer type (shape, color,
-yes_no; `config.evals.group_by`).
+pooling, 13-way answer head. Auxiliary heads (weighted multi-task): the image tower
+names the object's shape and colour (`aux`), the question tower names what is asked,
+the shape and colour the question names and whether it is negated (`text_aux`; the
+dataset's `named_shape`, `named_color`, `negated` features). Accuracy is also reported
+per answer type (shape, color, yes_no; `config.evals.group_by`).
 
-Command (CPU, 2 cores):
+Command (CPU, 2 cores; 1,500 steps of 128, about 10 min alone):
   python -m mmjax.main --config configs/edu/easy_vqa.py --workdir runs/easy_vqa
+Measured (seed 0): test accuracy 0.992 (shape 0.979, color 0.999, yes/no 0.993; 9,673
+questions), validation 0.993. Without the question-tower heads (`text_aux=0`) yes/no
+questions plateau at 0.82 (test 0.87 overall at step 1,000): the model names the shape
+and colour but does not learn to compare them with the question's words.
 
 Smoke size for tests and laptops: `--config configs/edu/easy_vqa.py:runlocal`.
 """
 
 import ml_collections
 
-from mmjax.config import adamw, parse_arg
+from mmjax.config import adamw, finetune, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = parse_arg(arg, runlocal=False, steps=0, res=64, patch=8, fusion="cross_attention",
-                  lr=0.0, batch=0, width=0, image_depth=0, fusion_depth=0, aux=0.5)
+                  lr=0.0, batch=0, width=0, image_depth=0, fusion_depth=0, aux=0.5,
+                  aux_pool="mean", text_aux=0.5)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = arg.steps or (60 if arg.runlocal else 1500)
@@ -38,8 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 35k training examples (12 kB images): decode once, keep in memory (~0.5 GB).
   c.data.cache = not arg.runlocal
   c.data.train_split = "train"
-  # `image_answer`: the auxiliary image-only head's target is the answer too.
-  c.data.fields = dict(image="image", text="question", answer="answer", image_answer="answer")
+  c.data.fields = dict(image="image", text="question", answer="answer", shape="shape",
+                       color="color", answer_type="answer_type", named_shape="named_shape",
+                       named_color="named_color", negated="negated")
 
   c.input = ml_collections.ConfigDict()
   c.input.batch_size = arg.batch or (64 if arg.runlocal else 128)
@@ -60,23 +69,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       max_len=c.input.get_ref("max_text_len"))
   c.model.fusion = dict(kind=arg.fusion, width=width, num_heads=2, mlp_dim=4 * width,
                         depth=arg.fusion_depth or (1 if arg.runlocal else 2))
-  # The answer from the fused tokens, plus an auxiliary head guessing it from the image
-  # alone: it can only learn the shape's and colour's names (the image's share of the
-  # answers), which gives the image tower a direct signal for both.
-  c.model.heads = dict(answer=dict(input="fused", pooling="cls"),
-                       image_answer=dict(input="image", pooling="cls"))
-  c.losses = dict(answer=1.0, image_answer=arg.aux) if arg.aux else dict(answer=1.0)
+  # The answer from the fused tokens, plus weighted auxiliary heads (multi-task) that
+  # read one tower each. `aux`: the image tower names the object's shape and colour
+  # (mean pooling, so every image token carries them to the fusion's cross-attention);
+  # `text_aux`: the question tower names what the question asks (`answer_type`), the
+  # shape and colour it names, and whether it is negated. Yes/no questions are then a
+  # comparison of clean features; without these heads they plateau near 0.82 (measured:
+  # shape and colour questions 1.0 but yes/no 0.824 at step 1,000).
+  c.model.heads = dict(answer=dict(input="fused", pooling="cls"))
+  c.losses = dict(answer=1.0)
+  if arg.aux:
+    c.model.heads.update(shape=dict(input="image", pooling=arg.aux_pool),
+                         color=dict(input="image", pooling=arg.aux_pool))
+    c.losses.update(shape=arg.aux, color=arg.aux)
+  if arg.text_aux:
+    c.model.heads.update({name: dict(input="text", pooling="cls") for name in
+                          ("answer_type", "named_shape", "named_color", "negated")})
+    c.losses.update(answer_type=arg.text_aux, named_shape=arg.text_aux,
+                    named_color=arg.text_aux, negated=arg.text_aux)
   c.task = dict(name="classification", main="answer", label_smoothing=0.0)
 
   c.optimizer = adamw(arg.lr or (3e-3 if arg.runlocal else 1e-3))
   c.schedule = dict(warmup_steps=10 if arg.runlocal else 150, decay="cosine", end_factor=0.0)
 
-  c.finetune = ml_collections.ConfigDict()
-  c.finetune.mode = "full"
-  c.finetune.rules = ()
-  c.finetune.lora = dict(rank=8, alpha=16.0,
-                         targets=r"[^/]+_encoder/.*/(query|value)/kernel")
-  c.finetune.adapters = dict(dim=16)
+  # What trains: full | frozen_image | frozen_text | frozen_towers | lora | adapters
+  # (mmjax.config.finetune; `rules` over parameter paths come first).
+  c.finetune = finetune()
 
   c.mesh = (("data", -1),)  # data parallel over every device
   c.checkpoint = dict(every_steps=c.log_every_steps * (2 if arg.runlocal else 10), keep=2)

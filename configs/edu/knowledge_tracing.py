@@ -38,7 +38,7 @@ Smoke size for tests and laptops: `--config configs/edu/knowledge_tracing.py:run
 
 import ml_collections
 
-from mmjax.config import adamw, parse_arg
+from mmjax.config import adamw, finetune, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -73,8 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.optimizer = adamw(3e-3 if arg.runlocal else 2e-3)
   c.schedule = dict(warmup_steps=10 if arg.runlocal else 100, decay="cosine", end_factor=0.0)
-  c.finetune = ml_collections.ConfigDict()
-  c.finetune.mode = "full"
+  c.finetune = finetune()
 
   c.mesh = (("data", -1),)  # data parallel over every device
   c.checkpoint = dict(every_steps=c.log_every_steps * (2 if arg.runlocal else 10), keep=2)

@@ -32,7 +32,7 @@ decoder must guess what to ask about), `decoding=beam|greedy`, `beam_size=N`.
 
 import ml_collections
 
-from mmjax.config import adamw, parse_arg
+from mmjax.config import adamw, finetune, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -76,13 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer = adamw(3e-3 if arg.runlocal else 1e-3)
   c.schedule = dict(warmup_steps=5 if arg.runlocal else 100, decay="cosine", end_factor=0.0)
 
-  # What trains (mmjax/train/param_rules.py); the decoder is no tower: it always trains.
-  c.finetune = ml_collections.ConfigDict()
-  c.finetune.mode = "full"
-  c.finetune.rules = ()
-  c.finetune.lora = dict(rank=8, alpha=16.0,
-                         targets=r"[^/]+_encoder/.*/(query|value)/kernel")
-  c.finetune.adapters = dict(dim=16)
+  # What trains: full | frozen_image | frozen_text | frozen_towers | lora | adapters
+  # (mmjax.config.finetune; `rules` over parameter paths come first).
+  c.finetune = finetune()
 
   c.mesh = (("data", -1),)
   c.checkpoint = dict(every_steps=c.log_every_steps * (2 if arg.runlocal else 10), keep=2)

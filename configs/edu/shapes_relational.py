@@ -6,25 +6,39 @@ object of one colour: non-relational (its shape; left or right; top or bottom) a
 relational (the shape of the object closest to it, of the object furthest from it, how
 many objects share its shape). The answer is one of 13 classes.
 
-Model: ViT on 8x8 patches (one grid cell per patch: 16 patch tokens + [CLS]), a BERT-style
-text encoder, cross-attention fusion (the question's tokens attend to the image tokens,
-ALBEF), [CLS] pooling, 13-way answer head. Accuracy is also reported per question type
-and for relational / non-relational questions (`config.evals.group_by`).
+Model: ViT on 8x8 patches (one grid cell per patch: 16 patch tokens + [CLS]) with fixed
+2-D sine-cosine position embeddings, a one-layer BERT-style text encoder, two layers of
+cross-attention fusion (the question's tokens attend to the image tokens, ALBEF), [CLS]
+pooling, 13-way answer head. Training adds weighted auxiliary objectives: attention
+supervision (`config.task.attention_targets`: in fusion layer 0 one head of the
+question's [CLS] attends to the asked object's cell, in layer 1 to the cell of the object
+the answer reports), the same two cells as heads on the fused tokens, and heads naming
+the question's type and colour (text tower) and the number of circles, squares and
+triangles (image tower). Accuracy is also reported per question type and for relational
+/ non-relational questions (`config.evals.group_by`).
 
-Command (CPU, 2 cores):
+Command (CPU, 2 cores; 3,000 steps of 128, about 17 min alone):
   python -m mmjax.main --config configs/edu/shapes_relational.py --workdir runs/shapes
+Measured (seed 0): test non-relational 1.000, relational 0.991 (closest 0.996, furthest
+0.999, count 0.979), overall 0.996 (4,800 questions); validation 1.000 / 0.995. In runs
+without attention supervision, left/right, top/bottom, closest and furthest stayed at
+chance (e.g. test non-relational 0.66, relational 0.63 after 1,500 steps with the text
+heads only; the cell heads alone stayed at chance too): the model answers shape and
+count questions from a bag of (colour, shape) pairs and never binds a colour to its
+position. See docs/education.md.
 
 Smoke size for tests and laptops: `--config configs/edu/shapes_relational.py:runlocal`.
 """
 
 import ml_collections
 
-from mmjax.config import adamw, parse_arg
+from mmjax.config import adamw, finetune, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = parse_arg(arg, runlocal=False, steps=0, fusion="cross_attention", lr=0.0,
-                  image_depth=0, fusion_depth=0, batch=0, width=0, heads=0, aux=0.0, text_depth=-1)
+                  image_depth=0, fusion_depth=0, batch=0, width=0, heads=0, aux=0.5,
+                  ground=0.5, attend=1.0, text_depth=-1, posemb="sincos2d")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = arg.steps or (60 if arg.runlocal else 3000)
@@ -37,7 +51,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.cache = not arg.runlocal
   c.data.train_split = "train"
   c.data.fields = dict(image="image", text="question", answer="answer",
-                       question_type="question_type", colour="colour")
+                       question_type="question_type", colour="colour",
+                       object_cell="object_cell", answer_cell="answer_cell",
+                       circle="circle", square="square", triangle="triangle")
 
   c.input = ml_collections.ConfigDict()
   c.input.batch_size = arg.batch or (64 if arg.runlocal else 128)
@@ -53,30 +69,53 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dropout_rate = 0.0
   c.model.image = dict(variant="nano/8" if arg.runlocal else "mu/8", width=width,
                        num_heads=heads, mlp_dim=4 * width,
-                       depth=arg.image_depth or (1 if arg.runlocal else 3))
+                       depth=arg.image_depth or (1 if arg.runlocal else 3), posemb=arg.posemb)
   c.model.text = dict(variant="nano" if arg.runlocal else "mu", width=width,
                       num_heads=heads, mlp_dim=4 * width,
                       depth=arg.text_depth if arg.text_depth >= 0 else 1,
                       max_len=c.input.get_ref("max_text_len"))
   c.model.fusion = dict(kind=arg.fusion, width=width, num_heads=heads, mlp_dim=4 * width,
                         depth=arg.fusion_depth or (1 if arg.runlocal else 2))
+  # The answer from the fused tokens, plus weighted auxiliary heads (multi-task):
+  # `ground` - from the fused tokens, the cell of the asked object and of the object the
+  # answer reports (the closest or furthest one, else the asked one); `aux` - from the
+  # question alone, its type and the colour it names, and from the image alone, how many
+  # circles, squares and triangles it shows (what count questions select from).
   c.model.heads = dict(answer=dict(input="fused", pooling="cls"))
   c.losses = dict(answer=1.0)
+  if arg.ground:
+    c.model.heads.update(object_cell=dict(input="fused", pooling="cls"),
+                         answer_cell=dict(input="fused", pooling="cls"))
+    c.losses.update(object_cell=arg.ground, answer_cell=arg.ground)
   if arg.aux:
     c.model.heads.update(question_type=dict(input="text", pooling="cls"),
-                         colour=dict(input="text", pooling="cls"))
-    c.losses.update(question_type=arg.aux, colour=arg.aux)
+                         colour=dict(input="text", pooling="cls"),
+                         circle=dict(input="image", pooling="cls"),
+                         square=dict(input="image", pooling="cls"),
+                         triangle=dict(input="image", pooling="cls"))
+    c.losses.update(question_type=arg.aux, colour=arg.aux, circle=arg.aux, square=arg.aux,
+                    triangle=arg.aux)
   c.task = dict(name="classification", main="answer", label_smoothing=0.0)
+  if arg.attend:
+    # Attention supervision (`attend`): in fusion layer i, head 0 of the question's [CLS]
+    # is trained to attend to the asked object's cell (layer 0) and to the cell of the
+    # object the answer reports (layer 1: the closest or furthest one). Without it the
+    # model finds the shape and count answers from a bag of (colour, shape) pairs but
+    # never binds a colour to its position: left/right, top/bottom and closest/furthest
+    # stayed at chance (measured over 1,500 steps without the `ground` heads, and over
+    # 500 with them).
+    layer, offset = {"cross_attention": ("fusion/cross_encoder/block_{}/cross_attention", 1),
+                     "merged": ("fusion/encoder/block_{}/self_attention", 2)}[arg.fusion]
+    c.task.attention_targets = {
+        field: dict(layer=layer.format(i), weight=arg.attend, offset=offset)
+        for i, field in enumerate(("object_cell", "answer_cell")[:c.model.fusion.depth])}
 
   c.optimizer = adamw(arg.lr or (3e-3 if arg.runlocal else 1e-3))
   c.schedule = dict(warmup_steps=10 if arg.runlocal else 200, decay="cosine", end_factor=0.0)
 
-  c.finetune = ml_collections.ConfigDict()
-  c.finetune.mode = "full"
-  c.finetune.rules = ()
-  c.finetune.lora = dict(rank=8, alpha=16.0,
-                         targets=r"[^/]+_encoder/.*/(query|value)/kernel")
-  c.finetune.adapters = dict(dim=16)
+  # What trains: full | frozen_image | frozen_text | frozen_towers | lora | adapters
+  # (mmjax.config.finetune; `rules` over parameter paths come first).
+  c.finetune = finetune()
 
   c.mesh = (("data", -1),)  # data parallel over every device
   c.checkpoint = dict(every_steps=c.log_every_steps * (2 if arg.runlocal else 10), keep=2)

@@ -14,6 +14,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmjax.config import ConfigError
 
@@ -92,6 +93,10 @@ class MultiHeadAttention(nn.Module):
 
   Parameters: `query`, `key`, `value`, `out`, each a Dense with a [width, width] kernel
   (`key` without bias, see below).
+
+  When applied with the "intermediates" collection mutable, it also sows its attention
+  logits [B, heads, T, S] (masked keys at -1e9) as `logits`: what attention supervision
+  (`config.task.attention_targets`) reads. Under jit they cost nothing unless read.
   """
 
   num_heads: int
@@ -115,6 +120,11 @@ class MultiHeadAttention(nn.Module):
     # noise into it. Checkpoints that have one (BERT, ViT, CLIP) load without it, exactly.
     key = split(dense(width, "key", use_bias=False, **kw)(keys_values))
     value = split(dense(width, "value", **kw)(keys_values))
+    if self.is_mutable_collection("intermediates"):
+      logits = jnp.einsum("btnh,bsnh->bnts", query, key) / np.sqrt(head_dim).astype(query.dtype)
+      if mask is not None:
+        logits = jnp.where(mask, logits, jnp.asarray(-1e9, logits.dtype))
+      self.sow("intermediates", "logits", logits)
     attended = jax.nn.dot_product_attention(query, key, value, mask=mask,
                                             implementation=self.implementation)  # [B, T, N, H]
     return dense(width, "out", **kw)(attended.reshape(batch, length, width))
@@ -278,18 +288,47 @@ def embed_tokens(module: nn.Module, token_ids: jax.Array, *, vocab_size: int, wi
   return embed(token_ids) + pos[:, :length].astype(dtype), embed
 
 
+POSEMBS = ("learn", "sincos2d")
+
+
+def sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
+  """Fixed 2-D sine-cosine position embeddings, float32 [height * width, dim], row-major.
+
+  A quarter of `dim` each holds sin(y w), cos(y w), sin(x w), cos(x w) for frequencies w
+  from 1 down to 1/temperature (geometric). The dot product of two positions' embeddings
+  is a sum of cos(w dy) + cos(w dx): it falls with distance from the start of training."""
+  if dim % 4:
+    raise ConfigError(f"posemb 'sincos2d' needs a width divisible by 4, got {dim}")
+  omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4))
+  y, x = np.mgrid[:height, :width]
+  y = y.reshape(-1, 1) * omega
+  x = x.reshape(-1, 1) * omega
+  return np.concatenate([np.sin(y), np.cos(y), np.sin(x), np.cos(x)], axis=1).astype(np.float32)
+
+
 def prepend_cls_add_positions(module: nn.Module, patches: jax.Array, *, dtype: Dtype,
-                              param_dtype: Dtype) -> jax.Array:
+                              param_dtype: Dtype, posemb: str = "learn",
+                              grid: tuple[int, int] | None = None) -> jax.Array:
   """Patch tokens [B, N, D] -> [B, 1 + N, D]: a learned [CLS] token (`cls`, zeros) first,
-  then learned position embeddings (`pos_embedding` [1, 1 + N, D]) added; parameters
-  belong to `module` (call from a compact method)."""
-  batch, _, width = patches.shape
+  then position embeddings added; parameters belong to `module` (call from a compact
+  method). `posemb` "learn": `pos_embedding` [1, 1 + N, D], normal(0.02); "sincos2d":
+  fixed `sincos_2d` of the patches' `grid` (rows, columns), none on [CLS]."""
+  batch, num_patches, width = patches.shape
   cls = module.param("cls", nn.initializers.zeros, (1, 1, width), param_dtype)
   tokens = jnp.concatenate([jnp.tile(cls.astype(dtype), (batch, 1, 1)), patches.astype(dtype)],
                            axis=1)
-  pos = module.param("pos_embedding", nn.initializers.normal(stddev=0.02),
-                     (1, tokens.shape[1], width), param_dtype)
-  return tokens + pos.astype(dtype)
+  if posemb == "learn":
+    pos = module.param("pos_embedding", nn.initializers.normal(stddev=0.02),
+                       (1, tokens.shape[1], width), param_dtype)
+  elif posemb == "sincos2d":
+    if grid is None or grid[0] * grid[1] != num_patches:
+      raise ValueError(f"sincos2d position embeddings: grid {grid} does not hold "
+                       f"{num_patches} patches")
+    pos = np.concatenate([np.zeros((1, width), np.float32), sincos_2d(*grid, width)])[None]
+  else:
+    raise ConfigError(f"posemb: unknown position embedding '{posemb}'; expected one of "
+                      f"{', '.join(POSEMBS)}")
+  return tokens + jnp.asarray(pos).astype(dtype)
 
 
 def resolve_size(variant: str, variants: dict[str, dict[str, int]],

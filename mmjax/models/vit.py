@@ -63,6 +63,9 @@ class ViT(nn.Module):
     final_norm: LayerNorm `encoder/norm_out` after the blocks.
     pooler: one of POOLERS.
     projection_dim: > 0 maps the pooled vector through a bias-free Dense `projection`.
+    posemb: "learn" (a `pos_embedding` parameter) or "sincos2d" (fixed 2-D sine-cosine
+      embeddings of the patch grid, none on [CLS]; they tell near from far patches from
+      the first step, which position-reasoning tasks learn much faster with).
   """
 
   width: int
@@ -79,6 +82,7 @@ class ViT(nn.Module):
   final_norm: bool = True
   pooler: str = "none"
   projection_dim: int = 0
+  posemb: str = "learn"
 
   def __call__(self, images: jax.Array, *, train: bool) -> Tokens:
     return self.encode(images, train=train)[0]
@@ -107,7 +111,9 @@ class ViT(nn.Module):
         self.width, (self.patch_size, self.patch_size), strides=self.patch_size,
         padding="VALID", use_bias=self.patch_bias, name="patch_embedding",
         **kw)(images.astype(self.dtype))
-    tokens = prepend_cls_add_positions(self, patches.reshape(batch, -1, self.width), **kw)
+    grid = patches.shape[1:3]
+    tokens = prepend_cls_add_positions(self, patches.reshape(batch, -1, self.width),
+                                       posemb=self.posemb, grid=grid, **kw)
     tokens = nn.Dropout(self.dropout_rate)(tokens, deterministic=not train)
     if self.pre_norm:
       tokens = nn.LayerNorm(epsilon=self.options.layer_norm_eps, name="pre_norm", **kw)(tokens)

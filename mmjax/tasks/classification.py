@@ -4,6 +4,17 @@
 each counts; each head's target is the batch key of the same name (`label`,
 `written_digit`, ...). The head named by `main` gives the task's predictions and
 headline metrics; the others are auxiliary (multi-task) objectives.
+
+Attention supervision, `config.task.attention_targets = {feature: dict(layer, weight,
+query=0, head=0, offset=0)}`: the attention logits of one head of one attention layer
+(`layer`, its module path, e.g. "fusion/cross_encoder/block_0/cross_attention"), in the
+row of query token `query`, are trained with softmax cross-entropy (times `weight`) to
+point at key token `feature + offset` (`feature` is a class-label dataset feature
+holding a token index; `offset` skips tokens before it, e.g. 1 for an image [CLS]).
+It gives a grounding signal straight to the attention that must find an object, which
+an answer loss reaches only through the attended values (see
+configs/edu/shapes_relational.py). Metrics: `<feature>/attention_loss` and
+`<feature>/attention_accuracy` (argmax of the row == target).
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mmjax.config import ConfigError
+from mmjax.config import ConfigError, check_fields
 from mmjax.data import pipeline
 from mmjax.evaluate.evaluators import ClassificationEvaluator
 from mmjax.models.model import build_model, head_specs, pretrained_sources
@@ -31,16 +42,36 @@ class ClassificationTask:
   main: str = "label"
   label_smoothing: float = 0.0
   ordinal: bool = False         # the main head's classes are ordered grades: report `qwk`
+  attention_targets: Any = None  # {feature: dict(layer, weight, query, head, offset)}
+
+  def __post_init__(self):
+    specs = {}
+    for feature, spec in dict(self.attention_targets or {}).items():
+      spec = dict(spec)
+      check_fields(f"config.task.attention_targets.{feature}", spec,
+                   {"layer", "weight", "query", "head", "offset"})
+      for required in ("layer", "weight"):
+        if required not in spec:
+          raise ConfigError(f"config.task.attention_targets.{feature}: '{required}' is "
+                            "required, e.g. dict(layer='fusion/cross_encoder/block_0/"
+                            "cross_attention', weight=0.5)")
+      specs[feature] = dict(dict(query=0, head=0, offset=0), **spec)
+    object.__setattr__(self, "attention_targets", specs)
+
+  @property
+  def reads_intermediates(self) -> bool:
+    """Whether `loss` needs the model's sown attention logits (the train step passes them)."""
+    return bool(self.attention_targets)
 
   @property
   def targets(self) -> tuple[str, ...]:
     return tuple(self.weights)
 
-  def head_loss(self, logits: jax.Array, labels: jax.Array, weights: jax.Array
-                ) -> tuple[jax.Array, jax.Array]:
+  def head_loss(self, logits: jax.Array, labels: jax.Array, weights: jax.Array,
+                label_smoothing: float | None = None) -> tuple[jax.Array, jax.Array]:
     """Mean cross-entropy and accuracy over examples with weight 1."""
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
-                                  self.label_smoothing)
+    smoothing = self.label_smoothing if label_smoothing is None else label_smoothing
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
     count = jnp.maximum(weights.sum(), 1.0)
     loss = (optax.softmax_cross_entropy(logits, targets) * weights).sum() / count
     accuracy = ((jnp.argmax(logits, -1) == labels) * weights).sum() / count
@@ -64,6 +95,13 @@ class ClassificationTask:
       if len(self.weights) > 1:
         metrics[f"{name}/loss"] = loss
       metrics["accuracy" if name == self.main else f"{name}/accuracy"] = accuracy
+    for feature, spec in self.attention_targets.items():
+      row = attention_logits(outputs["intermediates"], spec["layer"])[
+          :, spec["head"], spec["query"], :]
+      loss, accuracy = self.head_loss(row, batch[feature] + spec["offset"], weights, 0.0)
+      total = total + spec["weight"] * loss
+      metrics[f"{feature}/attention_loss"] = loss
+      metrics[f"{feature}/attention_accuracy"] = accuracy
     metrics["loss"] = total
     return total, metrics
 
@@ -79,7 +117,7 @@ class ClassificationTask:
     heads of `config.model.heads` whose input is in this run; the batches carry the
     heads' targets and the `config.evals.group_by` features."""
     heads = head_specs(config.model, modalities, self.num_classes.__getitem__)
-    targets = [h.name for h in heads if h.name in self.targets]
+    targets = [h.name for h in heads if h.name in self.targets] + list(self.attention_targets)
     preprocessor = pipeline.make_preprocessor(dataset, config, modalities, targets,
                                               features=group_features(config, dataset))
     vocab_size = preprocessor.text_encoder.vocab_size if preprocessor.text_encoder else None
@@ -96,6 +134,23 @@ class ClassificationTask:
                                    class_names=class_names(exp.config, exp.dataset,
                                                            self.num_classes),
                                    ordinal=self.ordinal)
+
+
+def attention_logits(intermediates: Any, layer: str) -> jax.Array:
+  """The attention logits [B, heads, T, S] sown by the MultiHeadAttention at module path
+  `layer` ("fusion/cross_encoder/block_0/cross_attention")."""
+  node = intermediates
+  for i, part in enumerate(layer.split("/")):
+    if not hasattr(node, "keys") or part not in node:
+      here = "/".join(layer.split("/")[:i]) or "the model"
+      options = sorted(node.keys()) if hasattr(node, "keys") else []
+      raise ConfigError(f"config.task.attention_targets: layer '{layer}': {here} has no "
+                        f"'{part}'; expected one of {', '.join(options)}")
+    node = node[part]
+  if not hasattr(node, "keys") or "logits" not in node:
+    raise ConfigError(f"config.task.attention_targets: layer '{layer}' is not an attention "
+                      "layer (it sows no logits)")
+  return node["logits"][0]
 
 
 def class_names(config: ml_collections.ConfigDict, dataset: pipeline.Dataset,

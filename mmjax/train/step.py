@@ -28,7 +28,9 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
   """One optimizer step on a global batch. Metrics are means over the global batch.
 
   Args:
-    model, task: what to apply and the loss (`task.loss(logits, batch)`).
+    model, task: what to apply and the loss (`task.loss(logits, batch)`). A task whose
+      `reads_intermediates` is true also gets the model's sown intermediates (attention
+      logits) as `outputs["intermediates"]`.
     tx, schedule: the optimizer, initialised on the trainable parameters only.
     rng: dropout keys are `fold_in(rng, step)` and the "sample" stream's (negatives,
       masking in pre-training) `fold_in(fold_in(rng, step), 1)`, so a resumed run draws the
@@ -48,10 +50,14 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
 
     def loss_fn(train_params):
       params = train_params if trainable is None else merge_params(train_params, frozen)
-      logits = model.apply({"params": model_params(params)}, batch, train=True,
-                           rngs={"dropout": step_rng,
-                                 "sample": jax.random.fold_in(step_rng, 1)})
-      return task.loss(logits, batch)
+      rngs = {"dropout": step_rng, "sample": jax.random.fold_in(step_rng, 1)}
+      if getattr(task, "reads_intermediates", False):
+        outputs, state = model.apply({"params": model_params(params)}, batch, train=True,
+                                     rngs=rngs, mutable=["intermediates"])
+        outputs = dict(outputs, intermediates=state["intermediates"])
+      else:
+        outputs = model.apply({"params": model_params(params)}, batch, train=True, rngs=rngs)
+      return task.loss(outputs, batch)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_params)
     updates, opt_state = tx.update(grads, state.opt_state, train_params)

@@ -19,7 +19,9 @@ Features: `image` uint8 [64, 64, 3] (0..255), `question` text, `answer` (13 clas
 the order of the package's `answers.txt`), `answer_type` (shape, color or yes_no; derived
 from the answer: the answer sets of the three question kinds are disjoint), `shape` and
 `color` (the pictured object's, read from the pixels by `objects.describe_object`; the
-build checks that they imply the package's answer to every question), `image_id` (the
+build checks that they imply the package's answer to every question), `named_shape`,
+`named_color` and `negated` (what the question says: the shape and colour it names,
+"none" if it names none, and whether it says "not" or "no"), `image_id` (the
 image's number within its package split: train/validation ids are 0..3999, test ids
 0..999).
 """
@@ -101,8 +103,10 @@ def validation_images(image_ids: list[int], count: int, seed: int) -> set[int]:
 class EasyVqa(tfds.core.GeneratorBasedBuilder):
   """easy-VQA: questions about one coloured shape, answered from 13 words."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: easy-vqa 1.0's data, validation carved by image."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release: easy-vqa 1.0's data, validation carved by image.",
+                   "1.1.0": "named_shape, named_color and negated features (what each "
+                            "question says); examples unchanged."}
 
   SEED = 20261214
   NUM_VALIDATION_IMAGES = 400  # of the package's 4,000 train images
@@ -122,6 +126,9 @@ class EasyVqa(tfds.core.GeneratorBasedBuilder):
             "answer_type": tfds.features.ClassLabel(names=list(ANSWER_TYPES)),
             "shape": tfds.features.ClassLabel(names=list(objects.SHAPES)),
             "color": tfds.features.ClassLabel(names=list(objects.PALETTE)),
+            "named_shape": tfds.features.ClassLabel(names=[objects.NONE, *objects.SHAPES]),
+            "named_color": tfds.features.ClassLabel(names=[objects.NONE, *objects.PALETTE]),
+            "negated": tfds.features.ClassLabel(names=["no", "yes"]),
             "image_id": tfds.features.Scalar(dtype=np.int32),
         }),
         homepage=HOMEPAGE,
@@ -165,7 +172,9 @@ class EasyVqa(tfds.core.GeneratorBasedBuilder):
       if objects.implied_answer(question, shape, colour) != answer:
         raise ConfigError(f"easy-vqa image {paths[image_id]} looks like a {colour} {shape}, "
                           f"but question {index} ('{question}') is answered '{answer}'")
+      named_shape, named_colour, negated = objects.parse_question(question)
       # The key (the question's index in the package's file) fixes tfds's stored order.
       yield index, {"image": images[image_id], "question": question, "answer": answer,
                     "answer_type": answer_type(answer), "shape": shape, "color": colour,
-                    "image_id": image_id}
+                    "named_shape": named_shape, "named_color": named_colour,
+                    "negated": "yes" if negated else "no", "image_id": image_id}

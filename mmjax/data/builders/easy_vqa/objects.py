@@ -51,6 +51,21 @@ def describe_object(pixels: np.ndarray) -> tuple[str, str]:
   return ("triangle" if fill < TRIANGLE_FILL else "circle"), colour
 
 
+NONE = "none"  # the `named_shape` / `named_color` class of a question that names none
+
+
+def parse_question(question: str) -> tuple[str, str, bool]:
+  """(named shape or NONE, named colour or NONE, negated) of an easy-VQA question: the
+  shape and colour words it contains and whether it says "not" or "no"."""
+  words = re.findall(r"[a-z]+", question.lower())
+  shapes = [w for w in words if w in SHAPES]
+  colours = [w for w in words if w in PALETTE]
+  if len(shapes) > 1 or len(colours) > 1:
+    raise ValueError(f"easy-vqa question '{question}' names more than one shape or colour")
+  return (shapes[0] if shapes else NONE, colours[0] if colours else NONE,
+          "not" in words or "no" in words)
+
+
 def implied_answer(question: str, shape: str, colour: str) -> str:
   """The answer to an easy-VQA question about a picture of one `colour` `shape`.
 
@@ -60,10 +75,8 @@ def implied_answer(question: str, shape: str, colour: str) -> str:
   ("is there a red shape?", "does the image contain a circle?"), negated by "not"/"no"
   ("is no blue shape present?").
   """
-  words = re.findall(r"[a-z]+", question.lower())
-  if words and words[0] == "what":
-    return colour if "color" in words else shape
-  present = (all(w == shape for w in words if w in SHAPES) and
-             all(w == colour for w in words if w in PALETTE))
-  negated = "not" in words or "no" in words
+  if question.lower().startswith("what"):
+    return colour if "color" in re.findall(r"[a-z]+", question.lower()) else shape
+  named_shape, named_colour, negated = parse_question(question)
+  present = named_shape in (NONE, shape) and named_colour in (NONE, colour)
   return "yes" if present != negated else "no"

@@ -49,6 +49,7 @@ HORIZONTAL = ("left", "right")
 VERTICAL = ("top", "bottom")
 COUNTS = tuple(str(n) for n in range(1, NUM_OBJECTS + 1))
 ANSWERS = SHAPES + HORIZONTAL + VERTICAL + COUNTS  # the `answer` classes, in this order
+CELL_NAMES = tuple(f"row {r} column {k}" for r in range(GRID) for k in range(GRID))
 
 
 def _shape_masks() -> np.ndarray:
@@ -122,23 +123,35 @@ def squared_distances(scene: Scene) -> np.ndarray:
   return dr ** 2 + dc ** 2
 
 
-def answers(scene: Scene) -> dict[str, list[str | None]]:
-  """{question type: the answer (an ANSWERS name) about the object of each colour}; None
-  where the closest or furthest other object is not unique (the question is ambiguous)."""
+def answer_objects(scene: Scene) -> dict[str, list[int | None]]:
+  """{question type: for the object of each colour, the colour index of the object its
+  answer reports}: the closest (furthest) other object for closest_shape
+  (furthest_shape), None where that object is not unique; the asked object itself for
+  the other types (its shape, its position, the shape whose objects are counted)."""
   distance = squared_distances(scene)
-  shapes = scene.shape.tolist()
-  relative = {}
+  own = list(range(NUM_OBJECTS))
+  found = {}
   for question_type, sign in (("closest_shape", 1), ("furthest_shape", -1)):
     # Each object itself is pushed out of reach: past every other object's distance.
     signed = sign * distance + np.eye(NUM_OBJECTS, dtype=np.int64) * 4 * GRID ** 2
     unique = (signed == signed.min(axis=1, keepdims=True)).sum(axis=1) == 1
-    relative[question_type] = [SHAPES[shapes[j]] if ok else None for j, ok in
-                               zip(signed.argmin(axis=1).tolist(), unique.tolist(), strict=True)]
+    found[question_type] = [j if ok else None for j, ok in
+                            zip(signed.argmin(axis=1).tolist(), unique.tolist(), strict=True)]
+  return {question_type: found.get(question_type, own) for question_type in QUESTION_TYPES}
+
+
+def answers(scene: Scene) -> dict[str, list[str | None]]:
+  """{question type: the answer (an ANSWERS name) about the object of each colour}; None
+  where the closest or furthest other object is not unique (the question is ambiguous)."""
+  shapes = scene.shape.tolist()
+  objects = answer_objects(scene)
   return {
       "shape": [SHAPES[s] for s in shapes],
       "horizontal": [HORIZONTAL[int(k >= GRID // 2)] for k in scene.column.tolist()],
       "vertical": [VERTICAL[int(r >= GRID // 2)] for r in scene.row.tolist()],
-      **relative,
+      **{question_type: [None if j is None else SHAPES[shapes[j]]
+                         for j in objects[question_type]]
+         for question_type in ("closest_shape", "furthest_shape")},
       "count": [COUNTS[shapes.count(s) - 1] for s in shapes],
   }
 
@@ -228,16 +241,18 @@ def question(question_type: str, colour: int, rng: np.random.Generator) -> str:
                                                      c=name)
 
 
-def ask(scene: Scene, rng: np.random.Generator) -> list[tuple[str, int, str]] | None:
-  """(question type, colour, answer) for each of QUESTION_TYPES, the colour drawn uniformly
-  among those whose answer is unique; None if some type has no such colour."""
+def ask(scene: Scene, rng: np.random.Generator) -> list[tuple[str, int, str, int]] | None:
+  """(question type, colour, answer, answer object's colour) for each of QUESTION_TYPES,
+  the colour drawn uniformly among those whose answer is unique; None if some type has no
+  such colour."""
   asked = []
+  objects = answer_objects(scene)
   for question_type, per_colour in answers(scene).items():
     valid = [c for c, name in enumerate(per_colour) if name is not None]
     if not valid:
       return None
     colour = _pick(rng, valid)
-    asked.append((question_type, colour, per_colour[colour]))
+    asked.append((question_type, colour, per_colour[colour], objects[question_type][colour]))
   return asked
 
 
@@ -250,7 +265,10 @@ def make_split(num_scenes: int, seed: int, *, first_scene_id: int = 0,
   Returns the example columns: `image` uint8 [N, 32, 32, 3], `question` and `scene`
   (`Scene.description`) strings, `answer` (index into ANSWERS), `question_type` (index
   into QUESTION_TYPES), `relational` (0/1), `colour` (the asked object's, index into
-  COLOURS), `scene_id` (first_scene_id + scene number).
+  COLOURS), `object_cell` (the asked object's cell, 0..15), `answer_cell` (the cell of the
+  object the answer reports, see `answer_objects`), `scene_id` (first_scene_id + scene
+  number), and per shape name (`circle`, `square`, `triangle`) how many objects of the
+  scene have that shape (0..6).
   """
   seen = exclude if exclude is not None else set()
   scene_rng, question_rng = (np.random.default_rng(s)
@@ -268,10 +286,11 @@ def make_split(num_scenes: int, seed: int, *, first_scene_id: int = 0,
     asked.append(questions)
   images = render(scenes)
   columns = {name: [] for name in ("image", "question", "scene", "answer", "question_type",
-                                   "relational", "colour", "scene_id")}
+                                   "relational", "colour", "object_cell", "answer_cell",
+                                   "scene_id", *SHAPES)}
   for number, (scene, image, questions) in enumerate(zip(scenes, images, asked, strict=True)):
     description = scene.description()
-    for question_type, colour, name in questions:
+    for question_type, colour, name, reported in questions:
       columns["image"].append(image)
       columns["question"].append(question(question_type, colour, question_rng))
       columns["scene"].append(description)
@@ -279,9 +298,14 @@ def make_split(num_scenes: int, seed: int, *, first_scene_id: int = 0,
       columns["question_type"].append(QUESTION_TYPES.index(question_type))
       columns["relational"].append(int(question_type in RELATIONAL_TYPES))
       columns["colour"].append(colour)
+      columns["object_cell"].append(int(scene.cell[colour]))
+      columns["answer_cell"].append(int(scene.cell[reported]))
       columns["scene_id"].append(first_scene_id + number)
+      for s, name in enumerate(SHAPES):
+        columns[name].append(int((scene.shape == s).sum()))
   columns["image"] = np.stack(columns["image"]) if scenes else np.zeros(
       (0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-  for name in ("answer", "question_type", "relational", "colour", "scene_id"):
+  for name in ("answer", "question_type", "relational", "colour", "object_cell", "answer_cell",
+               "scene_id", *SHAPES):
     columns[name] = np.asarray(columns[name], np.int64)
   return columns

@@ -29,7 +29,11 @@ is identical. See `scenes.py`.
 Features: `image` uint8 [32, 32, 3] (0..255), `question` text, `answer` (13 classes:
 circle, square, triangle, left, right, top, bottom, 1..6), `question_type` (the six types
 above), `relational` (non_relational, relational), `colour` (the colour the question
-names), `scene_id` (unique across splits),
+names), `object_cell` (the asked object's cell, 16 classes "row R column K", row-major),
+`answer_cell` (the cell of the object the answer reports: the closest or furthest object
+for those questions, the asked object for the others; grounding targets for auxiliary
+heads), `circle`, `square`, `triangle` (how many objects of the scene have that shape,
+classes "0".."6"), `scene_id` (unique across splits),
 `scene` (canonical content: "red circle at row 0 column 2; green square at row 1 column 3;
 ...", colours in the order above).
 """
@@ -45,8 +49,8 @@ from mmjax.data.builders.shapes_relational import scenes
 from mmjax.data.tokenizer import build_wordpiece
 
 TOKENIZER_FILE = "tokenizer.json"
-FEATURES = ("image", "question", "answer", "question_type", "relational", "colour", "scene_id",
-            "scene")
+FEATURES = ("image", "question", "answer", "question_type", "relational", "colour", "object_cell",
+            "answer_cell", "circle", "square", "triangle", "scene_id", "scene")
 CITATION = ("Santoro et al. (2017), A simple neural network module for relational reasoning, "
             "NeurIPS (Sort-of-CLEVR, the task this dataset follows).")
 
@@ -54,8 +58,10 @@ CITATION = ("Santoro et al. (2017), A simple neural network module for relationa
 class ShapesRelational(tfds.core.GeneratorBasedBuilder):
   """Relational VQA on six coloured shapes: positions, shapes, closest/furthest, counts."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "object_cell and answer_cell features; examples unchanged.",
+                   "1.2.0": "circle, square and triangle (shape counts) features."}
 
   SEED = 20261124
   NUM_SCENES = {"train": 18_000, "validation": 500, "test": 800}
@@ -74,6 +80,10 @@ class ShapesRelational(tfds.core.GeneratorBasedBuilder):
             "question_type": tfds.features.ClassLabel(names=list(scenes.QUESTION_TYPES)),
             "relational": tfds.features.ClassLabel(names=list(scenes.RELATIONAL_NAMES)),
             "colour": tfds.features.ClassLabel(names=list(scenes.COLOURS)),
+            "object_cell": tfds.features.ClassLabel(names=list(scenes.CELL_NAMES)),
+            "answer_cell": tfds.features.ClassLabel(names=list(scenes.CELL_NAMES)),
+            **{name: tfds.features.ClassLabel(names=[str(n) for n in range(7)])
+               for name in scenes.SHAPES},
             "scene_id": tfds.features.Scalar(dtype=np.int32),
             "scene": tfds.features.Text(),
         }),
