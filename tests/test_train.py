@@ -102,7 +102,25 @@ def test_eight_devices_match_one_device(data_dir, tmp_path):
   assert_trees_close(final_params(one), final_params(eight), atol=1e-5)
 
 
+def test_gradient_accumulation_matches_one_step_on_the_whole_batch(data_dir, tmp_path):
+  """4 micro-batches of 16 per step == one step on the 64 examples (2 devices)."""
+  overrides = dict(total_steps=5, log_every_steps=1, **{
+      "checkpoint.every_steps": 5, "schedule.warmup_steps": 2,
+      "evals.splits": ("validation",), "evals.headline": "validation/accuracy"})
+  whole, micro = str(tmp_path / "whole"), str(tmp_path / "micro")
+  loop.train(runlocal(data_dir, **overrides), whole, devices=jax.devices()[:2])
+  loop.train(runlocal(data_dir, **overrides, **{"input.accum_steps": 4}), micro,
+             devices=jax.devices()[:2])
+  losses_whole = np.array([loss for _, loss in train_losses(whole)])
+  losses_micro = np.array([loss for _, loss in train_losses(micro)])
+  assert len(losses_whole) == 5 and losses_whole[-1] != losses_whole[0]
+  np.testing.assert_allclose(losses_micro, losses_whole, atol=1e-5, rtol=0)
+  assert_trees_close(final_params(whole), final_params(micro), atol=1e-5)
+
+
 @pytest.mark.parametrize("overrides, message", [
+    ({"input.accum_steps": 3}, r"batch_size=64 must be divisible by config.input.accum_steps=3"),
+    ({"input.accum_steps": 0}, r"config.input.accum_steps: expected a positive integer"),
     ({"checkpoint.every_steps": 15}, "must be a multiple of config.log_every_steps"),
     ({"evals.splits": ("validation",)}, "names 'test', which is none of the evaluations"),
     ({"evals.batch_size": 100}, r"config.evals.batch_size=100 must be divisible by the 8 devices"),

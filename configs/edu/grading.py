@@ -50,6 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.input = ml_collections.ConfigDict()
   c.input.batch_size = 64 if arg.runlocal else 128
+  # Micro-batches per step (gradient accumulation): same step, 1/k of the activations.
+  c.input.accum_steps = 1
   c.input.max_text_len = 28  # the longest question is 25 tokens
   c.input.num_threads = 1
 

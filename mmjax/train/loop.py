@@ -92,9 +92,23 @@ def build_experiment(config: ml_collections.ConfigDict,
     if size % parts:
       raise ConfigError(f"config.{field}={size} must be divisible by the {mesh.size} devices "
                         f"of the mesh and the {jax.process_count()} processes")
+  micro = accum_steps(config)
+  if config.input.batch_size % (micro * parts):
+    raise ConfigError(f"config.input.batch_size={config.input.batch_size} must be divisible "
+                      f"by config.input.accum_steps={micro} times the {parts} devices and "
+                      "processes (each micro-batch is split over them)")
   for split in eval_splits(config):
     dataset.source(split)  # an unknown split fails now, not after training
   return Experiment(config, dataset, preprocessor, model, task, mesh, finetune)
+
+
+def accum_steps(config: ml_collections.ConfigDict) -> int:
+  """`config.input.accum_steps` (default 1): micro-batches per optimizer step, each
+  `batch_size / accum_steps` examples, gradients averaged (`step.make_train_step`)."""
+  value = config.input.get("accum_steps", 1)
+  if not isinstance(value, int) or value < 1:
+    raise ConfigError(f"config.input.accum_steps: expected a positive integer, got {value!r}")
+  return value
 
 
 def initial_params(exp: Experiment, *, pretrained: bool = True) -> dict:
@@ -387,7 +401,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     start = latest
   train_step = make_train_step(exp.model, exp.task, setup.tx, setup.schedule,
                                jax.random.fold_in(jax.random.key(config.seed), 1),
-                               trainable=setup.trainable, model_params=setup.model_params)
+                               trainable=setup.trainable, model_params=setup.model_params,
+                               accum_steps=accum_steps(config))
   step_fn = jit_train_step(train_step, setup.shardings, exp.batch_sharding, exp.replicated)
   evaluators = make_evaluators(exp, setup.shardings.params, setup.model_params)
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding
 
@@ -24,6 +25,7 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
                     schedule: optax.Schedule, rng: jax.Array, *,
                     trainable: Any | None = None,
                     model_params: Callable[[Any], Any] = identity,
+                    accum_steps: int = 1,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """One optimizer step on a global batch. Metrics are means over the global batch.
 
@@ -39,6 +41,13 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
       only True leaves are differentiated and updated, False leaves pass through
       untouched (bit-identical). None: everything trains.
     model_params: state params -> the tree `model.apply` takes (`lora.merge_lora`).
+    accum_steps: > 1 splits the batch into that many micro-batches (examples i, i + k,
+      i + 2k, ... form micro-batch i, so each device's shard feeds every micro-batch),
+      runs them one after another (`lax.scan`, so activations of one micro-batch at a
+      time) and averages their gradients and metrics before the one optimizer update:
+      the same step as on the whole batch for losses that are means over examples
+      (not for in-batch contrastive losses, whose negatives are the micro-batch's).
+      Micro-batch i's dropout key is `fold_in(fold_in(rng, step), 2 + i)`.
   """
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -48,7 +57,7 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
     else:
       train_params, frozen = split_params(state.params, trainable)
 
-    def loss_fn(train_params):
+    def loss_fn(train_params, batch, step_rng):
       params = train_params if trainable is None else merge_params(train_params, frozen)
       rngs = {"dropout": step_rng, "sample": jax.random.fold_in(step_rng, 1)}
       if getattr(task, "reads_intermediates", False):
@@ -59,7 +68,26 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
         outputs = model.apply({"params": model_params(params)}, batch, train=True, rngs=rngs)
       return task.loss(outputs, batch)
 
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+      (_, metrics), grads = grad_fn(train_params, batch, step_rng)
+    else:
+      micro_batches = jax.tree.map(
+          lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]
+                              ).swapaxes(0, 1), batch)
+
+      def micro_step(carry, inputs):
+        index, micro_batch = inputs
+        (_, metrics), grads = grad_fn(train_params, micro_batch,
+                                      jax.random.fold_in(step_rng, 2 + index))
+        return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+
+      (_, metric_shapes), grad_shapes = jax.eval_shape(
+          grad_fn, train_params, jax.tree.map(lambda x: x[0], micro_batches), step_rng)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grad_shapes, metric_shapes))
+      (grads, metrics), _ = jax.lax.scan(micro_step, zeros,
+                                         (jnp.arange(accum_steps), micro_batches))
+      grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
     updates, opt_state = tx.update(grads, state.opt_state, train_params)
     train_params = optax.apply_updates(train_params, updates)
     params = train_params if trainable is None else merge_params(train_params, frozen)
