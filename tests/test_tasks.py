@@ -188,6 +188,14 @@ def test_attention_targets_errors():
   with pytest.raises(ConfigError, match=r"fusion/cross_encoder has no 'block_7'; expected "
                                         r"one of block_0, block_1"):
     wrong.loss(outputs, batch)
+  from mmjax.tasks.multiple_choice import MultipleChoiceTask
+  with pytest.raises(ConfigError, match="attention supervision is for classification"):
+    MultipleChoiceTask({"answer": 5}, {"answer": 1.0}, main="answer", attention_targets={
+        "cell": dict(layer=LAYER, weight=1.0)})
+  out_of_range = ClassificationTask({"label": 3}, {"label": 1.0}, attention_targets={
+      "cell": dict(layer=LAYER, weight=1.0, head=2)})
+  with pytest.raises(ConfigError, match="head 2 / query 0 outside the layer's 2 heads"):
+    out_of_range.loss(outputs, batch)
   not_attention = ClassificationTask({"label": 3}, {"label": 1.0}, attention_targets={
       "cell": dict(layer="fusion/cross_encoder/block_1", weight=1.0)})
   with pytest.raises(ConfigError, match="is not an attention layer"):

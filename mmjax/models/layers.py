@@ -95,7 +95,8 @@ class MultiHeadAttention(nn.Module):
   (`key` without bias, see below).
 
   When applied with the "intermediates" collection mutable, it also sows its attention
-  logits [B, heads, T, S] (masked keys at -1e9) as `logits`: what attention supervision
+  logits [B, heads, T, S] (float32 whatever the compute dtype; masked keys at -1e9) as
+  `logits`: what attention supervision
   (`config.task.attention_targets`) reads. Under jit they cost nothing unless read.
   """
 
@@ -121,9 +122,10 @@ class MultiHeadAttention(nn.Module):
     key = split(dense(width, "key", use_bias=False, **kw)(keys_values))
     value = split(dense(width, "value", **kw)(keys_values))
     if self.is_mutable_collection("intermediates"):
-      logits = jnp.einsum("btnh,bsnh->bnts", query, key) / np.sqrt(head_dim).astype(query.dtype)
+      logits = jnp.einsum("btnh,bsnh->bnts", query, key,
+                          preferred_element_type=jnp.float32) / np.sqrt(head_dim)
       if mask is not None:
-        logits = jnp.where(mask, logits, jnp.asarray(-1e9, logits.dtype))
+        logits = jnp.where(mask, logits, -1e9)
       self.sow("intermediates", "logits", logits)
     attended = jax.nn.dot_product_attention(query, key, value, mask=mask,
                                             implementation=self.implementation)  # [B, T, N, H]
@@ -294,8 +296,8 @@ POSEMBS = ("learn", "sincos2d")
 def sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
   """Fixed 2-D sine-cosine position embeddings, float32 [height * width, dim], row-major.
 
-  A quarter of `dim` each holds sin(y w), cos(y w), sin(x w), cos(x w) for frequencies w
-  from 1 down to 1/temperature (geometric). The dot product of two positions' embeddings
+  A quarter of `dim` each holds sin(y w), cos(y w), sin(x w), cos(x w) for the dim/4
+  frequencies w = temperature^(-i / (dim/4)), i = 0 .. dim/4 - 1 (geometric, from 1 down). The dot product of two positions' embeddings
   is a sum of cos(w dy) + cos(w dx): it falls with distance from the start of training."""
   if dim % 4:
     raise ConfigError(f"posemb 'sincos2d' needs a width divisible by 4, got {dim}")

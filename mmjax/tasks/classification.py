@@ -9,8 +9,9 @@ Attention supervision, `config.task.attention_targets = {feature: dict(layer, we
 query=0, head=0, offset=0)}`: the attention logits of one head of one attention layer
 (`layer`, its module path, e.g. "fusion/cross_encoder/block_0/cross_attention"), in the
 row of query token `query`, are trained with softmax cross-entropy (times `weight`) to
-point at key token `feature + offset` (`feature` is a class-label dataset feature
-holding a token index; `offset` skips tokens before it, e.g. 1 for an image [CLS]).
+point at key token `feature + offset` (`feature` is a `config.data.fields` role whose
+integer dataset feature holds a token index; `offset` skips tokens before it, e.g. 1 for
+an image [CLS]).
 It gives a grounding signal straight to the attention that must find an object, which
 an answer loss reaches only through the attended values (see
 configs/edu/shapes_relational.py). Metrics: `<feature>/attention_loss` and
@@ -96,9 +97,14 @@ class ClassificationTask:
         metrics[f"{name}/loss"] = loss
       metrics["accuracy" if name == self.main else f"{name}/accuracy"] = accuracy
     for feature, spec in self.attention_targets.items():
-      row = attention_logits(outputs["intermediates"], spec["layer"])[
-          :, spec["head"], spec["query"], :]
-      loss, accuracy = self.head_loss(row, batch[feature] + spec["offset"], weights, 0.0)
+      logits = attention_logits(outputs["intermediates"], spec["layer"])
+      if not 0 <= spec["head"] < logits.shape[1] or not 0 <= spec["query"] < logits.shape[2]:
+        raise ConfigError(f"config.task.attention_targets.{feature}: head {spec['head']} / "
+                          f"query {spec['query']} outside the layer's {logits.shape[1]} heads "
+                          f"and {logits.shape[2]} query tokens")
+      row = logits[:, spec["head"], spec["query"], :].astype(jnp.float32)
+      loss, accuracy = ClassificationTask.head_loss(self, row, batch[feature] + spec["offset"],
+                                                    weights, 0.0)
       total = total + spec["weight"] * loss
       metrics[f"{feature}/attention_loss"] = loss
       metrics[f"{feature}/attention_accuracy"] = accuracy

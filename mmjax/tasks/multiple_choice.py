@@ -59,6 +59,10 @@ class MultipleChoiceTask(ClassificationTask):
   breakdown: str = ""  # "" or "scienceqa"
 
   def __post_init__(self):
+    if self.attention_targets:
+      raise ConfigError("config.task.attention_targets: the multiple_choice task scores each "
+                        "choice in its own pass; attention supervision is for classification")
+    super().__post_init__()
     if isinstance(self.max_choices, bool) or not isinstance(self.max_choices, int) or \
         self.max_choices < 2:
       raise ConfigError(f"config.task.max_choices: expected an integer >= 2, got "
@@ -70,13 +74,14 @@ class MultipleChoiceTask(ClassificationTask):
       raise ConfigError(f"config.losses: the multiple_choice task trains one head, its main "
                         f"'{self.main}'; got {', '.join(self.weights)}")
 
-  def head_loss(self, logits: jax.Array, labels: jax.Array, weights: jax.Array
-                ) -> tuple[jax.Array, jax.Array]:
+  def head_loss(self, logits: jax.Array, labels: jax.Array, weights: jax.Array,
+                label_smoothing: float | None = None) -> tuple[jax.Array, jax.Array]:
     """Mean cross-entropy and accuracy over examples with weight 1; logits [B, K] with
     ABSENT_CHOICE at padding choices."""
+    smoothing = self.label_smoothing if label_smoothing is None else label_smoothing
     real = (logits > ABSENT_CHOICE / 2).astype(jnp.float32)
-    targets = ((1.0 - self.label_smoothing) * jax.nn.one_hot(labels, logits.shape[-1])
-               + self.label_smoothing * real / real.sum(-1, keepdims=True))
+    targets = ((1.0 - smoothing) * jax.nn.one_hot(labels, logits.shape[-1])
+               + smoothing * real / real.sum(-1, keepdims=True))
     count = jnp.maximum(weights.sum(), 1.0)
     loss = (optax.softmax_cross_entropy(logits, targets) * weights).sum() / count
     accuracy = ((jnp.argmax(logits, -1) == labels) * weights).sum() / count

@@ -106,7 +106,7 @@ def accum_steps(config: ml_collections.ConfigDict) -> int:
   """`config.input.accum_steps` (default 1): micro-batches per optimizer step, each
   `batch_size / accum_steps` examples, gradients averaged (`step.make_train_step`)."""
   value = config.input.get("accum_steps", 1)
-  if not isinstance(value, int) or value < 1:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
     raise ConfigError(f"config.input.accum_steps: expected a positive integer, got {value!r}")
   return value
 

@@ -45,8 +45,11 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
       i + 2k, ... form micro-batch i, so each device's shard feeds every micro-batch),
       runs them one after another (`lax.scan`, so activations of one micro-batch at a
       time) and averages their gradients and metrics before the one optimizer update:
-      the same step as on the whole batch for losses that are means over examples
-      (not for in-batch contrastive losses, whose negatives are the micro-batch's).
+      the same step as on the whole batch for losses that are means over the examples
+      of full batches (classification, multiple choice). Losses averaged over tokens
+      or steps (generation, MLM, captioning, knowledge tracing) become a mean of the
+      micro-batches' means, and in-batch contrastive and ITM losses draw their
+      negatives from the micro-batch.
       Micro-batch i's dropout key is `fold_in(fold_in(rng, step), 2 + i)`.
   """
 
@@ -61,9 +64,9 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
       params = train_params if trainable is None else merge_params(train_params, frozen)
       rngs = {"dropout": step_rng, "sample": jax.random.fold_in(step_rng, 1)}
       if getattr(task, "reads_intermediates", False):
-        outputs, state = model.apply({"params": model_params(params)}, batch, train=True,
-                                     rngs=rngs, mutable=["intermediates"])
-        outputs = dict(outputs, intermediates=state["intermediates"])
+        outputs, variables = model.apply({"params": model_params(params)}, batch, train=True,
+                                         rngs=rngs, mutable=["intermediates"])
+        outputs = dict(outputs, intermediates=variables["intermediates"])
       else:
         outputs = model.apply({"params": model_params(params)}, batch, train=True, rngs=rngs)
       return task.loss(outputs, batch)

@@ -75,8 +75,9 @@ def implied_answer(question: str, shape: str, colour: str) -> str:
   ("is there a red shape?", "does the image contain a circle?"), negated by "not"/"no"
   ("is no blue shape present?").
   """
-  if question.lower().startswith("what"):
-    return colour if "color" in re.findall(r"[a-z]+", question.lower()) else shape
+  words = re.findall(r"[a-z]+", question.lower())
+  if words and words[0] == "what":
+    return colour if "color" in words else shape
   named_shape, named_colour, negated = parse_question(question)
   present = named_shape in (NONE, shape) and named_colour in (NONE, colour)
   return "yes" if present != negated else "no"

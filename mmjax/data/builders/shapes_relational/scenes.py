@@ -301,8 +301,8 @@ def make_split(num_scenes: int, seed: int, *, first_scene_id: int = 0,
       columns["object_cell"].append(int(scene.cell[colour]))
       columns["answer_cell"].append(int(scene.cell[reported]))
       columns["scene_id"].append(first_scene_id + number)
-      for s, name in enumerate(SHAPES):
-        columns[name].append(int((scene.shape == s).sum()))
+      for index, shape_name in enumerate(SHAPES):
+        columns[shape_name].append(int((scene.shape == index).sum()))
   columns["image"] = np.stack(columns["image"]) if scenes else np.zeros(
       (0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
   for name in ("answer", "question_type", "relational", "colour", "object_cell", "answer_cell",
