@@ -297,8 +297,9 @@ def sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.0) 
   """Fixed 2-D sine-cosine position embeddings, float32 [height * width, dim], row-major.
 
   A quarter of `dim` each holds sin(y w), cos(y w), sin(x w), cos(x w) for the dim/4
-  frequencies w = temperature^(-i / (dim/4)), i = 0 .. dim/4 - 1 (geometric, from 1 down). The dot product of two positions' embeddings
-  is a sum of cos(w dy) + cos(w dx): it falls with distance from the start of training."""
+  frequencies w = temperature^(-i / (dim/4)), i = 0 .. dim/4 - 1 (geometric, from 1
+  down). The dot product of two positions' embeddings is a sum of cos(w dy) + cos(w dx):
+  it falls with distance from the start of training."""
   if dim % 4:
     raise ConfigError(f"posemb 'sincos2d' needs a width divisible by 4, got {dim}")
   omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4))
