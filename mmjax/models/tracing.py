@@ -34,16 +34,8 @@ def previous_interactions(ids: jax.Array, response: jax.Array) -> jax.Array:
   return jnp.pad(interaction[:, :-1], ((0, 0), (1, 0)))
 
 
-class InteractionEncoder(nn.Module):
-  """exercise, skill, response [B, L] int32 -> hidden states [B, L, width], where the state
-  at t depends on exercise and skill 0..t and response 0..t-1 only.
-
-  Parameters: `exercise_embedding` [num_exercises, width], `skill_embedding`
-  [num_skills, width], `interaction_embedding` [1 + 2 num_exercises, width],
-  `interaction_skill_embedding` [1 + 2 num_skills, width], `response_embedding` [3, width]
-  (start, wrong, right: what every exercise's interactions share), `pos_embedding`
-  [1, max_len, width], `encoder` (causal blocks and `norm_out`, as `layers.Encoder`).
-  """
+class TracerFields(nn.Module):
+  """The fields InteractionEncoder and KnowledgeTracer share (no parameters of its own)."""
 
   num_exercises: int
   num_skills: int
@@ -56,6 +48,18 @@ class InteractionEncoder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   options: BlockOptions = BlockOptions()
+
+
+class InteractionEncoder(TracerFields):
+  """exercise, skill, response [B, L] int32 -> hidden states [B, L, width], where the state
+  at t depends on exercise and skill 0..t and response 0..t-1 only.
+
+  Parameters: `exercise_embedding` [num_exercises, width], `skill_embedding`
+  [num_skills, width], `interaction_embedding` [1 + 2 num_exercises, width],
+  `interaction_skill_embedding` [1 + 2 num_skills, width], `response_embedding` [3, width]
+  (start, wrong, right: what every exercise's interactions share), `pos_embedding`
+  [1, max_len, width], `encoder` (causal blocks and `norm_out`, as `layers.Encoder`).
+  """
 
   @nn.compact
   def __call__(self, exercise: jax.Array, skill: jax.Array, response: jax.Array, *,
@@ -86,30 +90,18 @@ class InteractionEncoder(nn.Module):
                    name="encoder", **kw)(Tokens(tokens, mask), train=train).tokens
 
 
-class KnowledgeTracer(nn.Module):
+class KnowledgeTracer(TracerFields):
   """A batch with `exercise`, `skill`, `response` [B, L] int32 -> {"logits": [B, L] float32},
   the log-odds that response t is right given steps < t and exercise t.
 
-  Fields: those of InteractionEncoder. Parameters: `interaction_encoder` (the
+  Fields: TracerFields' (as InteractionEncoder). Parameters: `interaction_encoder` (the
   InteractionEncoder: finetune rules treat it as a tower, like the other `*_encoder`s) and
   `head` (a Dense [width, 1]).
   """
 
-  num_exercises: int
-  num_skills: int
-  max_len: int
-  width: int
-  depth: int
-  mlp_dim: int
-  num_heads: int
-  dropout_rate: float = 0.0
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  options: BlockOptions = BlockOptions()
-
   @nn.compact
   def __call__(self, batch: dict[str, jax.Array], *, train: bool) -> dict[str, jax.Array]:
-    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(InteractionEncoder)
+    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(TracerFields)
               if f.name not in ("parent", "name")}
     hidden = InteractionEncoder(**fields, name="interaction_encoder")(
         batch["exercise"], batch["skill"], batch["response"], train=train)
