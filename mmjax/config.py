@@ -87,6 +87,21 @@ def finetune(mode: str = "full", **overrides: Any) -> ml_collections.ConfigDict:
   return config
 
 
+def scale(mesh: tuple = (("data", -1),), **overrides: Any) -> dict[str, Any]:
+  """A config's top-level scale fields with mmjax's defaults (`c.update(scale())`):
+  `mesh` ((axis, size), ...) over data / fsdp / tensor, data parallel by default;
+  `sharding_rules` ((regex, spec), ...) placed before the default parameter shardings
+  (mmjax/train/sharding.py); `distributed` for several processes (coordinator_address,
+  num_processes, process_id, local_device_ids, or auto=True; mmjax/train/distributed.py);
+  `peak_flops_per_device` for MFU on a device whose peak mmjax does not know."""
+  fields = dict(mesh=mesh, sharding_rules=(),
+                distributed=dict(coordinator_address=None, num_processes=None,
+                                 process_id=None, local_device_ids=None, auto=False),
+                peak_flops_per_device=None)
+  fields.update(overrides)
+  return fields
+
+
 def did_you_mean(name: str, candidates) -> str:
   """Returns "; did you mean 'x'?" for the closest candidate, or "" if none is close."""
   close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)

@@ -91,11 +91,13 @@ def main(argv: list[str]) -> None:
   from absl import logging as absl_logging  # noqa: PLC0415
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("mmjax").setLevel(logging.INFO)
-  from mmjax.train import loop  # noqa: PLC0415  (imports jax; keep --help fast)
+  # Imported here, not at the top: they import jax, and --help should stay fast.
+  from mmjax.train import distributed, loop  # noqa: PLC0415
 
   config, workdir = _CONFIG.value, _WORKDIR.value
   started = time.perf_counter()
   try:
+    distributed.initialize(config)  # several processes: before any device is touched
     if command == "train":
       results = loop.train(config, workdir)
     else:

@@ -9,7 +9,7 @@ from mmjax.models import text as text_lib
 from mmjax.models import vit as vit_lib
 from mmjax.models.fusion import CrossAttentionFusion, build_fusion
 from mmjax.models.heads import HeadSpec
-from mmjax.models.layers import MultiHeadAttention, Tokens, sincos_2d
+from mmjax.models.layers import BlockOptions, Encoder, MultiHeadAttention, Tokens, sincos_2d
 from mmjax.models.model import build_model, head_specs
 
 RNG = jax.random.key(0)
@@ -222,3 +222,50 @@ def test_dropout_only_in_training():
   train_a = model.apply(params, data, train=True, rngs={"dropout": jax.random.key(1)})["label"]
   train_b = model.apply(params, data, train=True, rngs={"dropout": jax.random.key(2)})["label"]
   assert not np.allclose(train_a, train_b)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_policies_keep_parameters_outputs_and_gradients(policy):
+  rng = np.random.default_rng(0)
+  x = Tokens(jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32),
+             jnp.asarray([[True] * 5, [True] * 3 + [False] * 2]))
+
+  def loss_and_grads(remat):
+    encoder = Encoder(2, 2, 32, dropout_rate=0.1, options=BlockOptions(remat=remat))
+    params = encoder.init(jax.random.key(0), x, train=False)
+
+    def loss(params):
+      out = encoder.apply(params, x, train=True, rngs={"dropout": jax.random.key(1)})
+      return jnp.mean(out.tokens ** 2)
+
+    return jax.value_and_grad(loss)(params), str(jax.make_jaxpr(jax.grad(loss))(params))
+
+  (loss, grads), plain_jaxpr = loss_and_grads("none")
+  (remat_loss, remat_grads), remat_jaxpr = loss_and_grads(policy)
+  assert "remat" in remat_jaxpr and "remat" not in plain_jaxpr  # jax.checkpoint's primitive
+  assert jax.tree.structure(remat_grads) == jax.tree.structure(grads)
+  np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_an_unknown_remat_policy_names_the_field():
+  with pytest.raises(ConfigError, match=r"config.model.block.remat: unknown policy 'some'"):
+    BlockOptions(remat="some")
+
+
+def test_a_scanned_stack_computes_what_the_unrolled_stack_does():
+  rng = np.random.default_rng(0)
+  x = Tokens(jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32),
+             jnp.asarray([[True] * 5, [True] * 3 + [False] * 2]))
+  scanned = Encoder(3, 2, 32, options=BlockOptions(scan=True, remat="dots"))
+  params = scanned.init(jax.random.key(0), x, train=False)["params"]
+  stacked = params["scanned_blocks"]["block"]
+  assert stacked["self_attention"]["query"]["kernel"].shape == (3, 16, 16)
+  unrolled = {f"block_{i}": jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(3)}
+  unrolled["norm_out"] = params["norm_out"]
+  got, sown = scanned.apply({"params": params}, x, train=False, mutable=["intermediates"])
+  want = Encoder(3, 2, 32).apply({"params": unrolled}, x, train=False)
+  np.testing.assert_allclose(got.tokens, want.tokens, atol=1e-5)
+  logits = sown["intermediates"]["scanned_blocks"]["block"]["self_attention"]["logits"][0]
+  assert logits.shape == (3, 2, 2, 5, 5)  # one row of attention logits per layer

@@ -62,6 +62,21 @@ def test_runlocal_trains_loss_goes_down_and_writes_results(runlocal_workdir):
     assert json.load(f)["model"]["fusion"]["kind"] == "cross_attention"
 
 
+def test_the_step_is_compiled_ahead_with_its_memory_and_flops_reported(runlocal_workdir):
+  from mmjax.train import profile
+
+  with open(os.path.join(runlocal_workdir, "compile.json")) as f:
+    report = json.load(f)
+  assert report["flops"] > 1e6 and report["argument_bytes"] > 0 and report["temp_bytes"] > 0
+  assert report["peak_flops_per_device"] is None  # a CPU: no known peak, so no MFU logged
+  assert not any("train/mfu" in r for r in read_metrics(runlocal_workdir))
+  compiled = profile.CompileReport(**{k: report[k] for k in (
+      "flops", "argument_bytes", "output_bytes", "temp_bytes", "alias_bytes",
+      "compile_seconds")})
+  assert profile.mfu(compiled, 0.5, 1e12) == pytest.approx(report["flops"] / 0.5 / 1e12)
+  assert profile.mfu(compiled, 0.5, None) is None
+
+
 def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(data_dir, tmp_path):
   config = runlocal(data_dir, total_steps=40, **{"evals.splits": ("validation",),
                                                  "evals.headline": "validation/accuracy",
@@ -87,19 +102,39 @@ def test_rerunning_a_finished_run_only_evaluates(data_dir, tmp_path):
   assert second["validation"]["accuracy"] == first["validation"]["accuracy"]
 
 
-def test_eight_devices_match_one_device(data_dir, tmp_path):
+FIVE_STEPS = {"total_steps": 5, "log_every_steps": 1, "checkpoint.every_steps": 5,
+              "schedule.warmup_steps": 2, "evals.splits": ("validation",),
+              "evals.headline": "validation/accuracy"}
+
+
+@pytest.fixture(scope="module")
+def one_device_run(data_dir, tmp_path_factory):
+  """5 steps of the runlocal config on 1 device: the reference every mesh must match."""
+  workdir = str(tmp_path_factory.mktemp("one_device"))
+  results = loop.train(runlocal(data_dir, **FIVE_STEPS), workdir, devices=jax.devices()[:1])
+  return workdir, results
+
+
+@pytest.mark.parametrize("mesh", [
+    (("data", 8),),
+    (("data", 2), ("fsdp", 4)),
+    (("data", 2), ("tensor", 4)),
+], ids=["data8", "data2_fsdp4", "data2_tensor4"])
+def test_eight_device_meshes_match_one_device(data_dir, tmp_path, one_device_run, mesh):
+  """Data parallel, FSDP and Megatron tensor parallel: the same losses, parameters and
+  evaluation as 1 device, within 1e-5 (fp32)."""
   assert jax.device_count() == 8
-  config = runlocal(data_dir, total_steps=5, log_every_steps=1,
-                    **{"checkpoint.every_steps": 5, "schedule.warmup_steps": 2,
-                       "evals.splits": ("validation",), "evals.headline": "validation/accuracy"})
-  one, eight = str(tmp_path / "one"), str(tmp_path / "eight")
-  loop.train(config, one, devices=jax.devices()[:1])
-  loop.train(config, eight, devices=jax.devices())
+  one, one_results = one_device_run
+  eight = str(tmp_path / "eight")
+  results = loop.train(runlocal(data_dir, **FIVE_STEPS, mesh=mesh), eight,
+                       devices=jax.devices())
   losses_one = np.array([loss for _, loss in train_losses(one)])
   losses_eight = np.array([loss for _, loss in train_losses(eight)])
-  assert len(losses_one) == 5
+  assert len(losses_one) == 5 and losses_one[-1] != losses_one[0]
   np.testing.assert_allclose(losses_eight, losses_one, atol=1e-5, rtol=0)
   assert_trees_close(final_params(one), final_params(eight), atol=1e-5)
+  assert results["validation"]["accuracy"] == pytest.approx(
+      one_results["validation"]["accuracy"], abs=1e-3)
 
 
 def test_gradient_accumulation_matches_one_step_on_the_whole_batch(data_dir, tmp_path):

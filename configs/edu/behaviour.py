@@ -38,7 +38,7 @@ Smoke size for tests and laptops: `--config configs/edu/behaviour.py:runlocal`.
 
 import ml_collections
 
-from mmjax.config import ConfigError, adamw, finetune, parse_arg
+from mmjax.config import ConfigError, adamw, finetune, parse_arg, scale
 
 MODALITIES = ("image", "text", "audio")
 
@@ -97,7 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (mmjax.config.finetune; `rules` over parameter paths come first).
   c.finetune = finetune()
 
-  c.mesh = (("data", -1),)  # data parallel over every device
+  c.update(scale())  # mesh: data parallel over every device; sharding rules; hosts
   c.checkpoint = dict(every_steps=c.log_every_steps * (3 if arg.runlocal else 10), keep=2)
   c.evals = dict(splits=("validation", "test"), every_steps=0, batch_size=200,
                  headline="test/accuracy")

@@ -41,7 +41,7 @@ Smoke size for tests and laptops: `--config configs/edu/jsonl.py:runlocal`.
 
 import ml_collections
 
-from mmjax.config import ConfigError, adamw, finetune, parse_arg
+from mmjax.config import ConfigError, adamw, finetune, parse_arg, scale
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -100,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (mmjax.config.finetune; `rules` over parameter paths come first).
   c.finetune = finetune()
 
-  c.mesh = (("data", -1),)  # data parallel over every device
+  c.update(scale())  # mesh: data parallel over every device; sharding rules; hosts
   c.checkpoint = dict(every_steps=4 * c.log_every_steps, keep=1)  # and at the last step
   c.evals = dict(splits=("validation", "test"), every_steps=0, batch_size=32,
                  headline="test/accuracy")

@@ -38,7 +38,7 @@ Smoke size for tests and laptops: `--config configs/edu/knowledge_tracing.py:run
 
 import ml_collections
 
-from mmjax.config import adamw, finetune, parse_arg
+from mmjax.config import adamw, finetune, parse_arg, scale
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -75,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.schedule = dict(warmup_steps=10 if arg.runlocal else 100, decay="cosine", end_factor=0.0)
   c.finetune = finetune()
 
-  c.mesh = (("data", -1),)  # data parallel over every device
+  c.update(scale())  # mesh: data parallel over every device; sharding rules; hosts
   c.checkpoint = dict(every_steps=c.log_every_steps * (2 if arg.runlocal else 10), keep=2)
   c.evals = dict(splits=("validation", "test"), every_steps=0 if arg.runlocal else 500,
                  batch_size=64, headline="test/auc")

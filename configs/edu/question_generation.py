@@ -32,7 +32,7 @@ decoder must guess what to ask about), `decoding=beam|greedy`, `beam_size=N`.
 
 import ml_collections
 
-from mmjax.config import adamw, finetune, parse_arg
+from mmjax.config import adamw, finetune, parse_arg, scale
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -80,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (mmjax.config.finetune; `rules` over parameter paths come first).
   c.finetune = finetune()
 
-  c.mesh = (("data", -1),)
+  c.update(scale())  # mesh: data parallel over every device; sharding rules; hosts
   c.checkpoint = dict(every_steps=c.log_every_steps * (2 if arg.runlocal else 10), keep=2)
   # group_by: exact match per topic (`exact_match/<topic>`).
   c.evals = dict(splits=("validation", "test"), every_steps=0 if arg.runlocal else 500,

@@ -32,7 +32,7 @@ Smoke size for tests and laptops: `--config configs/edu/shapes_relational.py:run
 
 import ml_collections
 
-from mmjax.config import adamw, finetune, parse_arg
+from mmjax.config import adamw, finetune, parse_arg, scale
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -117,7 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (mmjax.config.finetune; `rules` over parameter paths come first).
   c.finetune = finetune()
 
-  c.mesh = (("data", -1),)  # data parallel over every device
+  c.update(scale())  # mesh: data parallel over every device; sharding rules; hosts
   c.checkpoint = dict(every_steps=c.log_every_steps * (2 if arg.runlocal else 10), keep=2)
   # accuracy/<class>: per question type and for relational / non_relational questions.
   c.evals = dict(splits=("validation", "test"), every_steps=0 if arg.runlocal else 1000,

@@ -28,7 +28,7 @@ Fine-tuning from the result: configs/pretrain/grading_finetune.py.
 
 import ml_collections
 
-from mmjax.config import adamw, parse_arg
+from mmjax.config import adamw, parse_arg, scale
 
 # Zero-shot prompts: one phrase per `category` class of edu_scenes, in its order.
 CLASSNAMES = ("circle", "square", "triangle", "cross") + tuple(
@@ -83,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer = adamw(3e-3 if arg.runlocal else 1e-3)
   c.schedule = dict(warmup_steps=5 if arg.runlocal else 50, decay="cosine", end_factor=0.0)
 
-  c.mesh = (("data", -1),)
+  c.update(scale())  # mesh: data parallel over every device; sharding rules; hosts
   c.checkpoint = dict(every_steps=c.log_every_steps * (2 if arg.runlocal else 10), keep=2)
   c.evals = dict(splits=("validation", "test"), every_steps=0 if arg.runlocal else 250,
                  batch_size=200 if not arg.runlocal else 40, headline="test/i2t_r1",

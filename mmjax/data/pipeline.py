@@ -14,11 +14,11 @@ models and notebooks):
   target_mask   bool    [B, T]  [CLS] (BOS) first and [SEP] (EOS) last; True on real tokens
   example_mask  bool    [B]     False on padding examples that fill the last eval batch
 
-Training order is a function of the seed, the step, the batch size and the number of
-processes: grain shuffles each epoch afresh from the seed, and the iterator state (a
-position) is saved with every checkpoint, so a resumed run on the same topology reads
-exactly the batches an uninterrupted run would. Each process reads the slice
-`process_index::process_count` of every split.
+Training order is a function of the seed, the step and the global batch size only:
+grain shuffles each epoch afresh from the seed, every process reads its own rows of
+each global batch (the rows its devices hold), and the iterator state (a position) is
+saved with every checkpoint, so a resumed run reads exactly the batches an
+uninterrupted run would, and 1 device, 8 devices or 2 processes train on the same data.
 """
 
 from __future__ import annotations
@@ -241,52 +241,69 @@ def make_text_encoder(dataset: Dataset, config: ml_collections.ConfigDict) -> Te
   return TextEncoder(tokenizer, config.input.max_text_len)
 
 
-def local_batch_size(global_batch_size: int) -> int:
+def process_rows(global_batch_size: int, rows: tuple[int, int] | None) -> tuple[int, int]:
+  """`rows`, or by default this process's equal share [p B / P, (p + 1) B / P)."""
+  if rows is not None:
+    return rows
   count = jax.process_count()
   if global_batch_size % count:
     raise ConfigError(f"batch size {global_batch_size} is not divisible by the number of "
                       f"processes ({count})")
-  return global_batch_size // count
+  share = global_batch_size // count
+  return jax.process_index() * share, (jax.process_index() + 1) * share
+
+
+def _rows_of_global_batches(global_batch_size: int, rows: tuple[int, int]):
+  """Local index j -> the index in the global stream of batches of `global_batch_size`
+  of row `rows[0] + j % width` of batch `j // width`."""
+  start, stop = rows
+  width = stop - start
+  return lambda j: j // width * global_batch_size + start + j % width
 
 
 def train_iterator(source: Sequence, preprocessor: Preprocessor, *, global_batch_size: int,
-                   seed: int, num_threads: int = 2) -> grain.DatasetIterator:
-  """An endless iterator of shuffled training batches for this process.
+                   seed: int, num_threads: int = 2, rows: tuple[int, int] | None = None
+                   ) -> grain.DatasetIterator:
+  """An endless iterator of this process's rows `rows` (default `process_rows`) of the
+  shuffled global training batches.
 
-  `iterator.get_state()` / `set_state()` give its position for checkpoints.
+  The global stream (every epoch shuffled afresh from `seed`) does not depend on the
+  number of processes or devices, so any topology trains on the same batches; each
+  process reads and preprocesses only its own rows. `iterator.get_state()` /
+  `set_state()` give its position for checkpoints.
   """
-  dataset = (grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
-             .shuffle(seed=seed)
-             .repeat(None)
+  start, stop = process_rows(global_batch_size, rows)
+  stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+  index = _rows_of_global_batches(global_batch_size, (start, stop))
+  dataset = (grain.MapDataset.range(len(stream) // global_batch_size * (stop - start))
+             .map(lambda j: stream[index(j)])
              .map(preprocessor.example)
-             .batch(local_batch_size(global_batch_size), drop_remainder=True,
-                    batch_fn=preprocessor.collate))
+             .batch(stop - start, drop_remainder=True, batch_fn=preprocessor.collate))
   read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8)
   return iter(dataset.to_iter_dataset(read_options))
 
 
-def eval_batches(source: Sequence, preprocessor: Preprocessor, *,
-                 global_batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-  """This process's share of a split in order, as full-size batches.
+def eval_batches(source: Sequence, preprocessor: Preprocessor, *, global_batch_size: int,
+                 rows: tuple[int, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """This process's rows `rows` (default `process_rows`) of the split's global batches,
+  in order.
 
-  Short batches are padded with copies of an example marked `example_mask=False`, so
-  every batch has the same shape (one compilation). Every process yields the same
-  number of batches (from the split's global length), as collective steps require.
+  The last global batch is filled up with copies of an example marked
+  `example_mask=False`, so every batch has the same shape (one compilation) and every
+  process yields the same number of batches, as collective steps require.
   """
   if len(source) == 0:
     raise ConfigError("an evaluation split is empty")
-  batch_size = local_batch_size(global_batch_size)
-  count = jax.process_count()
-  longest_share = -(-len(source) // count)  # ceil(N / P): process 0's share
-  num_batches = -(-longest_share // batch_size)
-  dataset = (grain.MapDataset.source(source)[jax.process_index()::count]
-             .map(preprocessor.example)
-             .batch(batch_size, drop_remainder=False, batch_fn=preprocessor.collate))
-  filler = preprocessor.collate([preprocessor.example(source[0])])
-  filler["example_mask"][:] = False
-  for index in range(num_batches):
-    batch = dataset[index] if index < len(dataset) else filler
-    yield pad_batch(batch, batch_size)
+  start, stop = process_rows(global_batch_size, rows)
+  num_batches = -(-len(source) // global_batch_size)
+  filler = preprocessor.example(source[0])
+  for batch in range(num_batches):
+    indices = range(batch * global_batch_size + start, batch * global_batch_size + stop)
+    examples = [preprocessor.example(source[i]) for i in indices if i < len(source)]
+    real = len(examples)
+    collated = preprocessor.collate(examples + [filler] * (stop - start - real))
+    collated["example_mask"][real:] = False
+    yield collated
 
 
 def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

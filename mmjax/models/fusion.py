@@ -69,7 +69,7 @@ from mmjax.models.layers import (
   Encoder,
   MlpBlock,
   Tokens,
-  TransformerBlock,
+  block_class,
   dense,
 )
 
@@ -207,9 +207,9 @@ class CoAttentionLayer(nn.Module):
     for name, seq in streams.items():
       others = [streams[other] for other in streams if other != name]
       context = concat_tokens(others) if others else None
-      out[name] = TransformerBlock(
+      out[name] = block_class(self.options)(
           self.num_heads, self.mlp_dim, bool(others), self.dropout_rate, self.dtype,
-          self.param_dtype, self.options, name=name)(seq, context, train=train)
+          self.param_dtype, self.options, name=name)(seq, context, train)
     return out
 
 

@@ -44,6 +44,23 @@ class Tokens:
   mask: jax.Array
 
 
+# Mesh axes the batch dimension is split over (mmjax.train.sharding.BATCH_AXES).
+BATCH_AXES = ("data", "fsdp")
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """`x` [batch, ...] split over the batch axes of the mesh being traced under (the train
+  and predict steps set it, `jax.sharding.use_abstract_mesh`) and whole along the other
+  dimensions: where activations are pinned at block boundaries, so tensor-parallel
+  blocks all-reduce their outputs there. A no-op outside a mesh (model.init, notebooks)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  axes = tuple(name for name in mesh.axis_names if name in BATCH_AXES)
+  spec = jax.sharding.PartitionSpec(axes or None, *([None] * (x.ndim - 1)))
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
 def key_padding_mask(kv_mask: jax.Array) -> jax.Array:
   """[batch, kv_len] bool -> [batch, 1, 1, kv_len], broadcastable to attention logits.
 
@@ -68,6 +85,17 @@ NORM_POSITIONS = ("pre", "post")
 # `jax.nn.dot_product_attention(implementation=...)`: None lets XLA choose; "cudnn" is
 # the fused flash kernel on NVIDIA GPUs; "xla" forces the portable version.
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+# Rematerialisation of each Transformer block (`jax.checkpoint`): what the backward pass
+# keeps from the forward pass; the rest it recomputes. "none": keep everything (fastest,
+# most memory); "full": keep only the block's input; "dots": keep matmul outputs;
+# "dots_no_batch": keep matmuls without batch dimensions (the weight matmuls of
+# projections and MLPs, not attention's query-key and probability-value products).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def activation_from_name(name: str):
@@ -176,6 +204,13 @@ class BlockOptions:
     adapter_dim: bottleneck width of adapters after attention and MLP; 0 = none.
     causal: self-attention sees only earlier positions (decoders, CLIP text).
     attention_implementation: one of ATTENTION_IMPLEMENTATIONS.
+    remat: one of REMAT_POLICIES: how blocks trade compute for activation memory.
+      Parameters, outputs and gradients are the same under every policy.
+    scan: an Encoder's blocks run as one `nn.scan` over a stacked layer axis: one
+      block is compiled instead of `depth`, so compilation time stops growing with
+      depth. The parameters become `scanned_blocks/block/...` with a leading [depth]
+      axis (instead of `block_<i>/...`), which pretrained converters, LoRA and attention
+      supervision do not read; dropout draws other masks than the unrolled stack.
   """
 
   norm_position: str = "pre"
@@ -184,6 +219,8 @@ class BlockOptions:
   adapter_dim: int = 0
   causal: bool = False
   attention_implementation: str | None = None
+  remat: str = "none"
+  scan: bool = False
 
   def __post_init__(self):
     if self.norm_position not in NORM_POSITIONS:
@@ -193,6 +230,9 @@ class BlockOptions:
     if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
       raise ConfigError(f"unknown attention implementation '{self.attention_implementation}';"
                         f" expected one of {ATTENTION_IMPLEMENTATIONS}")
+    if self.remat not in REMAT_POLICIES:
+      raise ConfigError(f"config.model.block.remat: unknown policy '{self.remat}'; expected "
+                        f"one of {', '.join(REMAT_POLICIES)}")
 
 
 class TransformerBlock(nn.Module):
@@ -214,7 +254,11 @@ class TransformerBlock(nn.Module):
   options: BlockOptions = BlockOptions()
 
   @nn.compact
-  def __call__(self, x: Tokens, context: Tokens | None = None, *, train: bool) -> Tokens:
+  def __call__(self, x: Tokens, context: Tokens | None = None,
+               train: bool | None = None) -> Tokens:
+    """`train` may be passed by position (`remat_block` needs it static)."""
+    if train is None:
+      raise TypeError("TransformerBlock needs train=True or False")
     opts = self.options
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     dropout = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=not train)  # noqa: E731
@@ -242,7 +286,28 @@ class TransformerBlock(nn.Module):
           h, context.tokens.astype(self.dtype), key_padding_mask(context.mask)))
     tokens = sublayer(tokens, "mlp", lambda h: MlpBlock(
         self.mlp_dim, self.dropout_rate, opts.activation, name="mlp", **kw)(h, train=train))
-    return Tokens(tokens, x.mask)
+    return Tokens(constrain_batch(tokens), x.mask)
+
+
+def block_class(options: BlockOptions) -> type[TransformerBlock]:
+  """TransformerBlock, wrapped in `nn.remat` with `options.remat`'s policy unless "none"
+  (same parameters; call it with `train` by position)."""
+  policy = REMAT_POLICIES[options.remat]
+  if options.remat == "none":
+    return TransformerBlock
+  return nn.remat(TransformerBlock, policy=policy, static_argnums=(3,))
+
+
+class _ScannedBlock(nn.Module):
+  """One layer of a scanned stack: (tokens, context) -> (tokens, None) for `nn.scan`."""
+
+  block: Any
+  args: tuple
+  train: bool
+
+  @nn.compact
+  def __call__(self, x: Tokens, context: Tokens | None) -> tuple[Tokens, None]:
+    return self.block(*self.args, name="block")(x, context, self.train), None
 
 
 class Encoder(nn.Module):
@@ -261,10 +326,17 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: Tokens, context: Tokens | None = None, *, train: bool) -> Tokens:
-    for i in range(self.depth):
-      x = TransformerBlock(
-          self.num_heads, self.mlp_dim, self.cross_attention, self.dropout_rate,
-          self.dtype, self.param_dtype, self.options, name=f"block_{i}")(x, context, train=train)
+    block = block_class(self.options)
+    args = (self.num_heads, self.mlp_dim, self.cross_attention, self.dropout_rate,
+            self.dtype, self.param_dtype, self.options)
+    if self.options.scan and self.depth:
+      scanned = nn.scan(_ScannedBlock, variable_axes={"params": 0, "intermediates": 0},
+                        split_rngs={"params": True, "dropout": True},
+                        in_axes=nn.broadcast, length=self.depth)
+      x, _ = scanned(block, args, train, name="scanned_blocks")(x, context)
+    else:
+      for i in range(self.depth):
+        x = block(*args, name=f"block_{i}")(x, context, train)
     if not self.final_norm:
       return x
     tokens = nn.LayerNorm(epsilon=self.options.layer_norm_eps, dtype=self.dtype,

@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ from mmjax.models.model import pretrained_sources
 from mmjax.tasks import build_task
 from mmjax.tasks.pretrain import PretrainTask
 from mmjax.train import checkpoint as checkpoint_lib
-from mmjax.train import param_rules
+from mmjax.train import param_rules, profile
 from mmjax.train import sharding as sharding_lib
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.optimizer import build_optimizer
@@ -64,6 +63,15 @@ class Experiment:
   def to_device(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return sharding_lib.global_batch(batch, self.batch_sharding)
 
+  def rows(self, global_batch_size: int) -> tuple[int, int]:
+    """The rows of each global batch this process reads."""
+    return sharding_lib.process_rows(self.batch_sharding, global_batch_size)
+
+  def param_shardings(self, params: Any) -> Any:
+    """Shardings of a parameter tree (arrays or shapes) from `config.sharding_rules`."""
+    return sharding_lib.param_shardings(params, self.mesh,
+                                        self.config.get("sharding_rules", None) or ())
+
   def example_batch(self) -> dict[str, np.ndarray]:
     """One real training example as a batch of 1 (for shapes at init)."""
     source = self.dataset.source(self.config.data.train_split)
@@ -85,18 +93,23 @@ def build_experiment(config: ml_collections.ConfigDict,
   # them in `task.modalities`; the others read `config.model.modalities`.
   mods = getattr(task, "modalities", None) or modalities(config)
   preprocessor, model = task.build(config, dataset, mods, finetune)
+  if (config.model.get("block", None) or {}).get("scan", False):
+    if finetune.mode == "lora" or pretrained_sources(config):
+      raise ConfigError("config.model.block.scan: stacked layers cannot take LoRA factors or "
+                        "converted pretrained towers (config.init_from); use scan=False")
   mesh = sharding_lib.make_mesh(config.mesh, devices)
-  parts = math.lcm(mesh.size, jax.process_count())
+  parts = sharding_lib.batch_parts(mesh)
+  axes = " x ".join(sharding_lib.batch_axes(mesh)) or "none"
   for field, size in (("input.batch_size", config.input.batch_size),
                       ("evals.batch_size", config.evals.batch_size)):
     if size % parts:
-      raise ConfigError(f"config.{field}={size} must be divisible by the {mesh.size} devices "
-                        f"of the mesh and the {jax.process_count()} processes")
+      raise ConfigError(f"config.{field}={size} must be divisible by the {parts} devices "
+                        f"the batch is split over (mesh axes {axes})")
   micro = accum_steps(config)
   if config.input.batch_size % (micro * parts):
     raise ConfigError(f"config.input.batch_size={config.input.batch_size} must be divisible "
-                      f"by config.input.accum_steps={micro} times the {parts} devices and "
-                      "processes (each micro-batch is split over them)")
+                      f"by config.input.accum_steps={micro} times the {parts} devices the "
+                      "batch is split over (each micro-batch is split over them)")
   for split in eval_splits(config):
     dataset.source(split)  # an unknown split fails now, not after training
   return Experiment(config, dataset, preprocessor, model, task, mesh, finetune)
@@ -112,8 +125,8 @@ def accum_steps(config: ml_collections.ConfigDict) -> int:
 
 
 def initial_params(exp: Experiment, *, pretrained: bool = True) -> dict:
-  """The parameters training starts from, replicated over the mesh: the one place
-  where they are created.
+  """The parameters training starts from, sharded over the mesh (`exp.param_shardings`):
+  the one place where they are created.
 
   1. `random_params`: the model's random init.
   2. `load_pretrained_towers`: `config.init_from` checkpoints overwrite their towers,
@@ -150,7 +163,7 @@ def load_pretrained_towers(exp: Experiment, params: dict) -> dict:
 
 
 def random_params(exp: Experiment) -> dict:
-  """The model's random init from `fold_in(key(config.seed), 0)`, replicated."""
+  """The model's random init from `fold_in(key(config.seed), 0)`, sharded."""
   example = {k: jnp.asarray(v) for k, v in exp.example_batch().items()}
 
   def init(rng):
@@ -160,7 +173,7 @@ def random_params(exp: Experiment) -> dict:
   shapes = jax.eval_shape(init, rng)
   if exp.finetune.mode == "lora":
     lora.check_targets(shapes, exp.finetune.lora_targets)  # before any compilation
-  return jax.jit(init, out_shardings=sharding_lib.tree_shardings(shapes, exp.replicated))(rng)
+  return jax.jit(init, out_shardings=exp.param_shardings(shapes))(rng)
 
 
 def add_finetune_params(exp: Experiment, params: dict) -> dict:
@@ -172,8 +185,8 @@ def add_finetune_params(exp: Experiment, params: dict) -> dict:
   targets = jax.tree.map(lambda label: label == param_rules.LORA, exp.finetune.labels(params))
   add = functools.partial(lora.add_lora, targets=targets, rank=exp.finetune.lora_rank)
   rng = jax.random.fold_in(jax.random.key(exp.config.seed), 2)
-  return jax.jit(add, out_shardings=sharding_lib.tree_shardings(
-      jax.eval_shape(add, params, rng=rng), exp.replicated))(params, rng=rng)
+  return jax.jit(add, out_shardings=exp.param_shardings(
+      jax.eval_shape(add, params, rng=rng)))(params, rng=rng)
 
 
 @dataclasses.dataclass
@@ -203,7 +216,8 @@ def create_state(exp: Experiment, params: dict | None = None
 
   Args:
     exp: the experiment.
-    params: the initial parameters (replicated); None: `initial_params(exp)`.
+    params: the initial parameters (placed with `exp.param_shardings` here); None:
+      `initial_params(exp)`.
 
   Returns the state (`params`, optimizer state of the trainable parameters only) and
   the TrainSetup.
@@ -213,6 +227,8 @@ def create_state(exp: Experiment, params: dict | None = None
   """
   config = exp.config
   params = initial_params(exp) if params is None else params
+  param_shardings = exp.param_shardings(params)
+  params = jax.device_put(params, param_shardings)
   exp.finetune.warn_unmatched(params)
   mults = param_rules.lr_multipliers(params, config.optimizer.get("lr_mults", None) or ())
   trainable = param_rules.trainable_mask(exp.finetune.labels(params), mults)
@@ -222,12 +238,12 @@ def create_state(exp: Experiment, params: dict | None = None
                       f"'{exp.finetune.mode}' with config.finetune.rules and "
                       "config.optimizer.lr_mults as set")
   tx, schedule = build_optimizer(config, train_params)
-  opt_shardings = sharding_lib.tree_shardings(jax.eval_shape(tx.init, train_params),
-                                              exp.replicated)
+  opt_shardings = sharding_lib.like_params_shardings(
+      jax.eval_shape(tx.init, train_params), params, param_shardings, exp.mesh)
   opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(train_params)
   step = jax.device_put(jnp.zeros((), jnp.int32), exp.replicated)
   state = TrainState(step, params, opt_state)
-  shardings = sharding_lib.tree_shardings(state, exp.replicated)
+  shardings = TrainState(exp.replicated, param_shardings, opt_shardings)
   all_train = all(jax.tree.leaves(trainable))
   model_params = (functools.partial(lora.merge_lora, alpha=exp.finetune.lora_alpha)
                   if exp.finetune.mode == "lora" else identity)
@@ -249,8 +265,9 @@ def eval_batches(exp: Experiment, split: str,
   another is given), a fresh pass on every call."""
   source = exp.dataset.source(split)
   preprocessor = preprocessor or exp.preprocessor
-  return lambda: pipeline.eval_batches(source, preprocessor,
-                                       global_batch_size=exp.config.evals.batch_size)
+  size = exp.config.evals.batch_size
+  return lambda: pipeline.eval_batches(source, preprocessor, global_batch_size=size,
+                                       rows=exp.rows(size))
 
 
 def make_evaluators(exp: Experiment, params_sharding: Any, model_params: Any = identity
@@ -288,7 +305,8 @@ def zeroshot_evaluator(exp: Experiment, zeroshot: ml_collections.ConfigDict,
   prompts = exp.preprocessor.text_encoder(texts)
   prompts["example_mask"] = np.ones(len(texts), bool)
   size = -(-len(texts) // exp.config.evals.batch_size) * exp.config.evals.batch_size
-  prompts = pipeline.pad_batch(prompts, size)
+  start, stop = exp.rows(size)  # this process's rows of the one batch of prompts
+  prompts = {k: v[start:stop] for k, v in pipeline.pad_batch(prompts, size).items()}
 
   def embed(params, batch):
     return exp.model.apply({"params": model_params(params)}, batch, method="embed")
@@ -385,15 +403,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
   latest = checkpointer.latest_step()
   state, setup = create_state(exp, initial_params(exp, pretrained=latest is None))
-  log.info("parameters: %s trainable / %s total (finetune mode %s); mesh %s",
+  log.info("parameters: %s trainable / %s total (finetune mode %s); mesh %s: %s",
            f"{setup.num_trainable:,}", f"{setup.num_total:,}", exp.finetune.mode,
-           dict(exp.mesh.shape))
+           dict(exp.mesh.shape), sharding_lib.describe(setup.shardings.params))
 
   writer = MetricWriter(workdir, resume_step=latest)
   batches = pipeline.train_iterator(
       exp.dataset.source(config.data.train_split), exp.preprocessor,
       global_batch_size=config.input.batch_size, seed=config.seed,
-      num_threads=config.input.num_threads)
+      num_threads=config.input.num_threads, rows=exp.rows(config.input.batch_size))
   start = 0
   if latest is not None:
     state, data_state = checkpointer.restore(latest, state)
@@ -402,7 +420,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   train_step = make_train_step(exp.model, exp.task, setup.tx, setup.schedule,
                                jax.random.fold_in(jax.random.key(config.seed), 1),
                                trainable=setup.trainable, model_params=setup.model_params,
-                               accum_steps=accum_steps(config))
+                               accum_steps=accum_steps(config), mesh=exp.mesh)
   step_fn = jit_train_step(train_step, setup.shardings, exp.batch_sharding, exp.replicated)
   evaluators = make_evaluators(exp, setup.shardings.params, setup.model_params)
 
@@ -412,10 +430,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
              mininterval=1.0 if sys.stderr.isatty() else 30.0,
              disable=jax.process_index() != 0)
+  peak = profile.peak_flops(exp.mesh.devices.flat[0], config.get("peak_flops_per_device", None))
+  report = None
   step = start
   while step < total:
     step += 1
-    state, metrics = step_fn(state, exp.to_device(next(batches)))
+    batch = exp.to_device(next(batches))
+    if report is None:  # compile before step 1, and say what the step costs
+      step_fn, report = profile.compile_ahead(step_fn, state, batch)
+      log.info("%s", report.summary())
+      write_json(os.path.join(workdir, "compile.json"),
+                 dict(dataclasses.asdict(report), peak_bytes=report.peak_bytes,
+                      peak_flops_per_device=peak, mesh=dict(exp.mesh.shape)))
+      window_start = time.perf_counter()
+    state, metrics = step_fn(state, batch)
     pending.append(metrics)
     bar.update(1)
     if step % config.log_every_steps == 0 or step == total:
@@ -423,6 +451,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       elapsed = time.perf_counter() - window_start
       scalars = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       scalars["train/steps_per_sec"] = len(fetched) / elapsed
+      utilisation = profile.mfu(report, elapsed / len(fetched), peak)
+      if utilisation is not None:
+        scalars["train/mfu"] = utilisation
       writer.write(step, scalars)
       bar.set_postfix(loss=f"{scalars['train/loss']:.4f}",
                       steps_per_s=f"{scalars['train/steps_per_sec']:.1f}")

@@ -1,7 +1,8 @@
-"""The jitted train and predict steps (data parallel over a mesh, state donated)."""
+"""The jitted train and predict steps over a mesh (data, fsdp, tensor), state donated."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 
 from mmjax.train.param_rules import merge_params, split_params
 from mmjax.train.state import TrainState
@@ -21,11 +22,19 @@ def identity(params: Any) -> Any:
   return params
 
 
+def tracing_mesh(mesh: Mesh | None) -> contextlib.AbstractContextManager:
+  """The context the steps trace the model in: `mesh`'s abstract mesh, which
+  `layers.constrain_batch` reads to pin activations at block boundaries."""
+  return (jax.sharding.use_abstract_mesh(mesh.abstract_mesh) if mesh is not None
+          else contextlib.nullcontext())
+
+
 def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, rng: jax.Array, *,
                     trainable: Any | None = None,
                     model_params: Callable[[Any], Any] = identity,
                     accum_steps: int = 1,
+                    mesh: Mesh | None = None,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """One optimizer step on a global batch. Metrics are means over the global batch.
 
@@ -51,9 +60,15 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
       micro-batches' means, and in-batch contrastive and ITM losses draw their
       negatives from the micro-batch.
       Micro-batch i's dropout key is `fold_in(fold_in(rng, step), 2 + i)`.
+    mesh: the mesh the step runs on; activations are constrained to its batch axes at
+      every Transformer block boundary (`layers.constrain_batch`).
   """
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    with tracing_mesh(mesh):
+      return _train_step(state, batch)
+
+  def _train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     step_rng = jax.random.fold_in(rng, state.step)
     if trainable is None:
       train_params, frozen = state.params, {}
@@ -118,7 +133,8 @@ def make_predict_step(model: nn.Module, task: Any, params_sharding: Any,
   """
 
   def predict_step(params, batch: Batch) -> dict:
-    return task.predict(model.apply({"params": model_params(params)}, batch, train=False))
+    with tracing_mesh(batch_sharding.mesh):
+      return task.predict(model.apply({"params": model_params(params)}, batch, train=False))
 
   return jax.jit(predict_step, in_shardings=(params_sharding, batch_sharding),
                  out_shardings=batch_sharding)
