@@ -94,10 +94,12 @@ def scale(mesh: tuple = (("data", -1),), **overrides: Any) -> dict[str, Any]:
   (mmjax/train/sharding.py); `distributed` for several processes (coordinator_address,
   num_processes, process_id, local_device_ids, or auto=True; mmjax/train/distributed.py);
   `peak_flops_per_device` for MFU on a device whose peak mmjax does not know."""
+  placeholder = ml_collections.config_dict.placeholder  # None, but settable from the CLI
   fields = dict(mesh=mesh, sharding_rules=(),
-                distributed=dict(coordinator_address=None, num_processes=None,
-                                 process_id=None, local_device_ids=None, auto=False),
-                peak_flops_per_device=None)
+                distributed=dict(coordinator_address=placeholder(str),
+                                 num_processes=placeholder(int), process_id=placeholder(int),
+                                 local_device_ids=placeholder(str), auto=False),
+                peak_flops_per_device=placeholder(float))
   fields.update(overrides)
   return fields
 

@@ -72,7 +72,8 @@ def test_axes_absent_from_the_mesh_or_not_dividing_a_dimension_are_dropped(data_
   assert sharding_lib.param_spec("a/b/kernel", odd.shape, no_rule, mesh) == P(None, None)
   assert sharding_lib.param_spec("a/b/kernel", (6, 16), no_rule, mesh) == P(None, "fsdp")
   assert sharding_lib.param_spec("a/b/kernel", (6, 16), None, mesh) == P(None, None)
-  assert sharding_lib.param_spec("a/query/kernel", (16, 6), ("fsdp", "tensor"), mesh) == P(
+  rule = (".*/query/kernel", ("fsdp", "tensor"))
+  assert sharding_lib.param_spec("a/query/kernel", (16, 6), rule, mesh) == P(
       "fsdp", None)
 
 
@@ -92,6 +93,7 @@ def test_user_rules_come_before_the_defaults(data_dir):
     (((r".*/query/kernel", ("fsdp",)),), r"expected one entry .* per dimension of its 2-d"),
     (((r".*/query/kernel", ("fsdp", "model")),), r"names axis 'model', expected one of"),
     (((r"(", None),), r"config.sharding_rules: bad regex"),
+    (((r".*/query/kernel", ("fsdp", "fsdp")),), r"'.\*/query/kernel' .* uses an axis twice"),
 ])
 def test_bad_sharding_rules_name_the_field(data_dir, rules, message):
   exp = experiment(data_dir, CUBE, sharding_rules=rules)
@@ -187,3 +189,30 @@ def test_a_run_checkpointed_on_one_mesh_resumes_on_another(data_dir, tmp_path):
   np.testing.assert_allclose([loss for _, loss in train_losses(moved)],
                              [loss for _, loss in train_losses(straight)], atol=1e-5, rtol=0)
   assert_trees_close(final_params(straight), final_params(moved), atol=1e-5)
+
+
+def test_lora_factors_are_split_like_their_kernels():
+  mesh = sharding_lib.make_mesh(CUBE, jax.devices())
+  params = {"tower": {"attn": {"query": {"kernel": jnp.zeros((16, 32)),
+                                         "lora_a": jnp.zeros((16, 4)),
+                                         "lora_b": jnp.zeros((4, 32))},
+                               "out": {"kernel": jnp.zeros((32, 16)),
+                                       "lora_a": jnp.zeros((32, 4)),
+                                       "lora_b": jnp.zeros((4, 16))}}}}
+  got = specs(sharding_lib.param_shardings(params, mesh))
+  assert got["tower/attn/query/lora_a"] == P("fsdp", None)
+  assert got["tower/attn/query/lora_b"] == P(None, "tensor")
+  assert got["tower/attn/out/lora_a"] == P("tensor", None)
+  assert got["tower/attn/out/lora_b"] == P(None, "fsdp")
+
+
+def test_device_peaks_match_whole_device_names():
+  from mmjax.train.profile import peak_flops
+
+  assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+  assert peak_flops("NVIDIA H100 PCIe") == 756e12
+  assert peak_flops("NVIDIA L40S") is None  # not an L4
+  assert peak_flops("TPU v5 lite") == 197e12
+  assert peak_flops("TPU v5") == 459e12  # v5p reports itself as "TPU v5"
+  assert peak_flops("cpu") is None
+  assert peak_flops("cpu", 1e12) == 1e12

@@ -59,6 +59,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.modalities = arg.modalities
   c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
   c.model.param_dtype = "float32"
+  # Memory/speed knobs (README "Scale"): remat none|full|dots|dots_no_batch; scan stacks.
+  c.model.block = dict(remat="none", scan=False)
   c.model.dropout_rate = 0.0
   c.model.image = dict(variant="nano/2" if arg.runlocal else "mu/2")
   # A reference: overriding --config.input.max_text_len resizes the text tower too.

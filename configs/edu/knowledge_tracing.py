@@ -68,6 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.dropout_rate = 0.0
   c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
   c.model.param_dtype = "float32"
+  # Memory/speed knobs (README "Scale"): remat none|full|dots|dots_no_batch; scan stacks.
+  c.model.block = dict(remat="none", scan=False)
   # No heads or loss weights: one logit per step, binary cross-entropy.
   c.task = dict(name="knowledge_tracing", early_steps=20)
 

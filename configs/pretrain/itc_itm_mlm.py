@@ -60,6 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.modalities = "image,text"
   c.model.dtype = "float32"
   c.model.param_dtype = "float32"
+  # Memory/speed knobs (README "Scale"): remat none|full|dots|dots_no_batch; scan stacks.
+  c.model.block = dict(remat="none", scan=False)
   c.model.dropout_rate = 0.0
   c.model.image = dict(variant="nano/4" if arg.runlocal else "mu/4")
   c.model.text = dict(variant="nano" if arg.runlocal else "mu",

@@ -76,8 +76,8 @@ class ClassificationEvaluator:
 
   def predictions(self, params: Any) -> dict[str, dict[str, np.ndarray]]:
     """{head: {"label", "prediction", "probabilities"}} for every real example, and
-    {"groups": {key: values}} for the `groups` keys: in split order with one process;
-    with several, batch by batch, process by process."""
+    {"groups": {key: values}} for the `groups` keys, in split order (with any number of
+    processes: each reads its rows of every global batch)."""
     collected: dict[str, dict[str, list]] = {}
     for batch, outputs in real_outputs(self.predict_fn, params, self.batches(),
                                        self.to_device, [*self.num_classes, *self.groups]):

@@ -230,6 +230,8 @@ class BlockOptions:
     if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
       raise ConfigError(f"unknown attention implementation '{self.attention_implementation}';"
                         f" expected one of {ATTENTION_IMPLEMENTATIONS}")
+    if not isinstance(self.scan, bool):
+      raise ConfigError(f"config.model.block.scan: expected True or False, got {self.scan!r}")
     if self.remat not in REMAT_POLICIES:
       raise ConfigError(f"config.model.block.remat: unknown policy '{self.remat}'; expected "
                         f"one of {', '.join(REMAT_POLICIES)}")
@@ -256,7 +258,7 @@ class TransformerBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Tokens, context: Tokens | None = None,
                train: bool | None = None) -> Tokens:
-    """`train` may be passed by position (`remat_block` needs it static)."""
+    """`train` may be passed by position (`block_class`'s remat needs it static)."""
     if train is None:
       raise TypeError("TransformerBlock needs train=True or False")
     opts = self.options

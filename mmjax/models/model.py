@@ -145,7 +145,7 @@ def head_specs(model_config: ml_collections.ConfigDict, modalities: tuple[str, .
 
 def block_options(model_config: ml_collections.ConfigDict, adapter_dim: int = 0) -> BlockOptions:
   """`config.model.block` (optional: norm_position, activation, layer_norm_eps,
-  attention_implementation, remat) as BlockOptions, with adapters of `adapter_dim`."""
+  attention_implementation, remat, scan) as BlockOptions, with adapters of `adapter_dim`."""
   block = dict(model_config.get("block", None) or {})
   check_fields("config.model.block", block,
                {f.name for f in dataclasses.fields(BlockOptions)} - {"adapter_dim", "causal"})

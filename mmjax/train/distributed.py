@@ -51,8 +51,9 @@ def settings(config: Any, environ: dict[str, str] | None = None) -> dict[str, An
     return {} if auto else None
   missing = [f for f in FIELDS[:3] if values[f] is None]
   if missing:
+    given = [f for f in FIELDS if values[f] is not None]
     raise ConfigError(f"config.distributed / {ENV[missing[0]]}: '{missing[0]}' is needed "
-                      f"with {', '.join(f for f in FIELDS[:3] if f not in missing)}")
+                      f"with {', '.join(given)}")
   try:
     num, index = int(values["num_processes"]), int(values["process_id"])
     ids = values["local_device_ids"]

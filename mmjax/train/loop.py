@@ -93,10 +93,11 @@ def build_experiment(config: ml_collections.ConfigDict,
   # them in `task.modalities`; the others read `config.model.modalities`.
   mods = getattr(task, "modalities", None) or modalities(config)
   preprocessor, model = task.build(config, dataset, mods, finetune)
-  if (config.model.get("block", None) or {}).get("scan", False):
-    if finetune.mode == "lora" or pretrained_sources(config):
-      raise ConfigError("config.model.block.scan: stacked layers cannot take LoRA factors or "
-                        "converted pretrained towers (config.init_from); use scan=False")
+  if scanned(config) and (finetune.mode == "lora" or pretrained_sources(config)
+                          or (config.get("task", None) or {}).get("attention_targets")):
+    raise ConfigError("config.model.block.scan: stacked layers cannot take LoRA factors, "
+                      "converted pretrained towers (config.init_from) or attention "
+                      "supervision (config.task.attention_targets); use scan=False")
   mesh = sharding_lib.make_mesh(config.mesh, devices)
   parts = sharding_lib.batch_parts(mesh)
   axes = " x ".join(sharding_lib.batch_axes(mesh)) or "none"
@@ -113,6 +114,11 @@ def build_experiment(config: ml_collections.ConfigDict,
   for split in eval_splits(config):
     dataset.source(split)  # an unknown split fails now, not after training
   return Experiment(config, dataset, preprocessor, model, task, mesh, finetune)
+
+
+def scanned(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config.model.block.scan` stacks the layers (`layers.BlockOptions.scan`)."""
+  return bool((config.model.get("block", None) or {}).get("scan", False))
 
 
 def accum_steps(config: ml_collections.ConfigDict) -> int:
@@ -430,14 +436,16 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
              mininterval=1.0 if sys.stderr.isatty() else 30.0,
              disable=jax.process_index() != 0)
-  peak = profile.peak_flops(exp.mesh.devices.flat[0], config.get("peak_flops_per_device", None))
+  peak = profile.peak_flops(exp.mesh.devices.flat[0].device_kind,
+                            config.get("peak_flops_per_device", None))
+  loops = accum_steps(config) > 1 or scanned(config)
   report = None
   step = start
   while step < total:
     step += 1
     batch = exp.to_device(next(batches))
     if report is None:  # compile before step 1, and say what the step costs
-      step_fn, report = profile.compile_ahead(step_fn, state, batch)
+      step_fn, report = profile.compile_ahead(step_fn, state, batch, loops=loops)
       log.info("%s", report.summary())
       write_json(os.path.join(workdir, "compile.json"),
                  dict(dataclasses.asdict(report), peak_bytes=report.peak_bytes,

@@ -7,8 +7,10 @@ device runs its own partitioned program.
 
 MFU = FLOPs per step per device / seconds per step / the device's peak FLOP/s. The
 FLOPs are XLA's count of the compiled step, so rematerialised forward passes count
-too (strictly that makes it hardware FLOPs utilisation when `remat` is on). Peaks are
-dense bfloat16 matmul throughputs from the vendors' datasheets; set
+too (strictly that makes it hardware FLOPs utilisation when `remat` is on). XLA counts
+the body of a loop once, whatever its trip count, so for a step that loops (gradient
+accumulation, scanned layer stacks) the count is reported as unknown rather than
+wrong. Peaks are dense bfloat16 matmul throughputs from the vendors' datasheets; set
 `config.peak_flops_per_device` for a device not listed (or to compare against another
 precision's peak). With no known peak (CPUs), MFU is not logged.
 """
@@ -17,32 +19,35 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from typing import Any
 
-import jax
-
 log = logging.getLogger(__name__)
 
-# Dense bf16 peak FLOP/s per device (datasheets), matched against `device_kind`.
+# Dense bf16 peak FLOP/s per device (datasheets): the first regex that matches the whole
+# `device_kind` wins.
 PEAK_FLOPS = (
-    ("H200", 989e12),
-    ("H100", 989e12),
-    ("A100", 312e12),
-    ("L4", 121e12),
-    ("TPU v6", 918e12),
-    ("TPU v5p", 459e12),
-    ("TPU v5", 197e12),  # v5e ("TPU v5 lite")
-    ("TPU v4", 275e12),
+    (r"NVIDIA H100 PCIe", 756e12),
+    (r"NVIDIA H100 NVL", 835e12),
+    (r"NVIDIA H100( .*)?", 989e12),  # SXM: "NVIDIA H100 80GB HBM3"
+    (r"NVIDIA H200( .*)?", 989e12),
+    (r"NVIDIA A100([ -].*)?", 312e12),
+    (r"NVIDIA L4", 121e12),
+    (r"TPU v4", 275e12),
+    (r"TPU v5 ?(lite|e)", 197e12),
+    (r"TPU v5p?", 459e12),
+    (r"TPU v6( ?(lite|e))?", 918e12),
 )
 
 
-def peak_flops(device: jax.Device, override: float | None = None) -> float | None:
-  """Peak FLOP/s of `device` (`override` first), None when unknown."""
+def peak_flops(device_kind: str, override: float | None = None) -> float | None:
+  """Peak FLOP/s of a device of this `device_kind` (`override` first), None when
+  unknown."""
   if override:
     return float(override)
-  kind = device.device_kind
-  return next((peak for name, peak in PEAK_FLOPS if name in kind), None)
+  return next((peak for pattern, peak in PEAK_FLOPS if re.fullmatch(pattern, device_kind)),
+              None)
 
 
 @dataclasses.dataclass
@@ -70,9 +75,10 @@ class CompileReport:
             f"{mib(self.output_bytes)}, donated {mib(self.alias_bytes)})")
 
 
-def compile_ahead(jitted: Any, *args: Any) -> tuple[Any, CompileReport]:
+def compile_ahead(jitted: Any, *args: Any, loops: bool = False) -> tuple[Any, CompileReport]:
   """Lowers and compiles `jitted` for `args` (arrays or ShapeDtypeStructs): the compiled
-  executable (call it like `jitted`) and its report."""
+  executable (call it like `jitted`) and its report. `loops`: the step runs a loop
+  (accumulation, scanned layers), whose FLOPs XLA undercounts: reported as unknown."""
   started = time.perf_counter()
   compiled = jitted.lower(*args).compile()
   seconds = time.perf_counter() - started
@@ -83,7 +89,7 @@ def compile_ahead(jitted: Any, *args: Any) -> tuple[Any, CompileReport]:
   memory = compiled.memory_analysis()
   get = lambda name: int(getattr(memory, name, 0) or 0) if memory is not None else 0  # noqa: E731
   return compiled, CompileReport(
-      flops=float(flops) if flops and flops > 0 else None,
+      flops=float(flops) if flops and flops > 0 and not loops else None,
       argument_bytes=get("argument_size_in_bytes"), output_bytes=get("output_size_in_bytes"),
       temp_bytes=get("temp_size_in_bytes"), alias_bytes=get("alias_size_in_bytes"),
       compile_seconds=seconds)

@@ -45,13 +45,16 @@ MESH_AXES = (DATA, FSDP, TENSOR)
 # Megatron (Shoeybi et al. 2019): the query/key/value and fc1 kernels [in, out] split by
 # columns (heads, hidden units), the out and fc2 kernels by rows, so each block needs one
 # all-reduce after attention and one after the MLP. The other dimension goes on fsdp.
+# LoRA factors (`lora.add_lora`: a [in, r], b [r, out] beside a kernel) follow the
+# kernel's split, so the merged kernel a @ b comes out sharded like the kernel.
 DEFAULT_RULES = (
-    (r".*/(query|key|value)/kernel", (FSDP, TENSOR)),
-    (r".*/(query|key|value)/bias", (TENSOR,)),
-    (r".*/out/kernel", (TENSOR, FSDP)),
-    (r".*/mlp/fc1/kernel", (FSDP, TENSOR)),
-    (r".*/mlp/fc1/bias", (TENSOR,)),
-    (r".*/mlp/fc2/kernel", (TENSOR, FSDP)),
+    (r".*/(query|key|value|mlp/fc1)/kernel", (FSDP, TENSOR)),
+    (r".*/(query|key|value|mlp/fc1)/bias", (TENSOR,)),
+    (r".*/(out|mlp/fc2)/kernel", (TENSOR, FSDP)),
+    (r".*/(query|key|value|mlp/fc1)/lora_a", (FSDP, None)),
+    (r".*/(query|key|value|mlp/fc1)/lora_b", (None, TENSOR)),
+    (r".*/(out|mlp/fc2)/lora_a", (TENSOR, None)),
+    (r".*/(out|mlp/fc2)/lora_b", (None, FSDP)),
 )
 
 
@@ -140,18 +143,22 @@ def _spec_entries(value: Any, ndim: int, path: str) -> list[tuple[str, ...]]:
   """A rule's value -> one tuple of axis names per dimension."""
   if value is None:
     return [()] * ndim
+  pattern, value = value
+  rule = f"config.sharding_rules (or the default rules): the rule {pattern!r} for '{path}'"
   if isinstance(value, str) or len(value) != ndim:
-    raise ConfigError(f"config.sharding_rules: the rule for '{path}' gives {value!r}, "
-                      f"expected one entry (axis, axes or None) per dimension of its "
-                      f"{ndim}-d shape")
+    raise ConfigError(f"{rule} gives {value!r}, expected one entry (axis, axes or None) "
+                      f"per dimension of its {ndim}-d shape")
   entries = []
   for entry in value:
     axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
     unknown = [a for a in axes if a not in MESH_AXES]
     if unknown:
-      raise ConfigError(f"config.sharding_rules: the rule for '{path}' names axis "
-                        f"{unknown[0]!r}, expected one of {', '.join(MESH_AXES)}")
+      raise ConfigError(f"{rule} names axis {unknown[0]!r}, expected one of "
+                        f"{', '.join(MESH_AXES)}")
     entries.append(axes)
+  used = [a for axes in entries for a in axes]
+  if len(used) != len(set(used)):
+    raise ConfigError(f"{rule} gives {value!r}, which uses an axis twice")
   return entries
 
 
@@ -160,8 +167,9 @@ SCANNED = "scanned_blocks"  # layers.Encoder's module of stacked layers
 
 
 def param_spec(path: str, shape: tuple[int, ...], value: Any, mesh: Mesh) -> PartitionSpec:
-  """The PartitionSpec of one parameter: its rule's `value` (None: replicated; NO_RULE:
-  fsdp over the largest dimension the axis divides) fitted to the mesh and the shape.
+  """The PartitionSpec of one parameter: its rule's `value`, (regex, spec) (None:
+  replicated; NO_RULE: fsdp over the largest dimension the axis divides), fitted to the
+  mesh and the shape.
 
   A parameter of a scanned stack (`.../scanned_blocks/...`, `BlockOptions.scan`) has a
   leading layer axis: the rule describes one layer, and the layer axis stays whole."""
@@ -177,7 +185,7 @@ def _layer_spec(path: str, shape: tuple[int, ...], value: Any, mesh: Mesh) -> Pa
     fits = [d for d in range(len(shape)) if shape[d] % sizes.get(FSDP, 1) == 0]
     if sizes.get(FSDP, 1) > 1 and fits:
       largest = max(fits, key=lambda d: shape[d])
-      value = tuple(FSDP if d == largest else None for d in range(len(shape)))
+      value = ("(no rule)", tuple(FSDP if d == largest else None for d in range(len(shape))))
   spec = []
   for dim, axes in zip(shape, _spec_entries(value, len(shape), path), strict=True):
     kept = tuple(a for a in axes if sizes.get(a, 1) > 1)
@@ -191,8 +199,11 @@ def _layer_spec(path: str, shape: tuple[int, ...], value: Any, mesh: Mesh) -> Pa
 def param_shardings(params: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = ()) -> Any:
   """A tree like `params` (arrays or ShapeDtypeStructs) of NamedShardings: `rules`
   (`config.sharding_rules`) first, then DEFAULT_RULES, else fsdp on the largest dim."""
-  values = param_rules.match_rules(params, tuple(rules) + DEFAULT_RULES, default=NO_RULE,
-                                   field="config.sharding_rules")
+  rules = tuple(rules) + DEFAULT_RULES
+  param_rules.compile_rules(rules, "config.sharding_rules")  # a bad regex: a ConfigError
+  values = param_rules.match_rules(
+      params, [(pattern, None if value is None else (pattern, value))
+               for pattern, value in rules], default=NO_RULE, field="config.sharding_rules")
   paths = param_rules.param_paths(params)
   return jax.tree.map(
       lambda leaf, path, value: NamedSharding(mesh, param_spec(path, leaf.shape, value, mesh)),
@@ -219,7 +230,7 @@ def like_params_shardings(tree: Any, params: Any, shardings: Any, mesh: Mesh) ->
 
 
 def describe(shardings: Any) -> str:
-  """How many parameter elements each mesh axis splits (for the log)."""
+  """How many parameters (arrays) each mesh axis splits (for the log)."""
   counts: dict[str, int] = {}
   for sharding in jax.tree.leaves(shardings):
     for entry in sharding.spec:
