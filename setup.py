@@ -35,6 +35,9 @@ EXTRAS = {
              "transformers>=4.57,<4.58"],
     "notebooks": ["matplotlib>=3.8,<3.12", "jupytext>=1.16,<1.20", "nbclient>=0.10,<0.12",
                   "ipykernel>=6.29,<8"],
+    # experiments/benchmark.py: the Hugging Face ViLT (PyTorch) peer. torch 2.4 is the first
+    # with a fused AdamW on CPU; tested with torch 2.14.1 and transformers 4.57.6.
+    "bench": ["torch>=2.4,<3", "transformers>=4.57,<6"],
     "gpu": ["jax[cuda12]>=0.10.2,<0.13"],
     "tpu": ["jax[tpu]>=0.10.2,<0.13"],
 }
