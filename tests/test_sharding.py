@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from test_train import assert_trees_close, final_params, train_losses
 
 from mmjax.config import ConfigError
 from mmjax.train import loop
@@ -156,8 +157,7 @@ def test_scanned_layers_train_sharded_with_the_layer_axis_whole(data_dir, tmp_pa
   assert got["fusion/cross_encoder/scanned_blocks/block/mlp/fc2/kernel"] == P(
       None, "tensor", "fsdp")
   results = loop.train(config, str(tmp_path / "run"))
-  losses = [r["train/loss"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")
-            if "train/loss" in r]
+  losses = [loss for _, loss in train_losses(str(tmp_path / "run"))]
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
   assert 0 <= results["validation"]["accuracy"] <= 1
 
@@ -167,16 +167,7 @@ def test_scan_refuses_lora(data_dir):
     experiment(data_dir, CUBE, **{"model.block": {"scan": True}, "finetune.mode": "lora"})
 
 
-def read_jsonl(path):
-  import json
-
-  with open(path) as f:
-    return [json.loads(line) for line in f]
-
-
 def test_a_run_checkpointed_on_one_mesh_resumes_on_another(data_dir, tmp_path):
-  from test_train import assert_trees_close, final_params, train_losses
-
   overrides = {"data.data_dir": data_dir, "total_steps": 10, "log_every_steps": 5,
                "checkpoint.every_steps": 5, "schedule.warmup_steps": 2,
                "evals.splits": ("validation",), "evals.headline": "validation/accuracy"}

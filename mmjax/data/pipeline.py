@@ -241,7 +241,8 @@ def make_text_encoder(dataset: Dataset, config: ml_collections.ConfigDict) -> Te
   return TextEncoder(tokenizer, config.input.max_text_len)
 
 
-def process_rows(global_batch_size: int, rows: tuple[int, int] | None) -> tuple[int, int]:
+def _rows_or_equal_share(global_batch_size: int, rows: tuple[int, int] | None
+                         ) -> tuple[int, int]:
   """`rows`, or by default this process's equal share [p B / P, (p + 1) B / P)."""
   if rows is not None:
     return rows
@@ -264,7 +265,7 @@ def _rows_of_global_batches(global_batch_size: int, rows: tuple[int, int]):
 def train_iterator(source: Sequence, preprocessor: Preprocessor, *, global_batch_size: int,
                    seed: int, num_threads: int = 2, rows: tuple[int, int] | None = None
                    ) -> grain.DatasetIterator:
-  """An endless iterator of this process's rows `rows` (default `process_rows`) of the
+  """An endless iterator of this process's rows `rows` (default: an equal share per process) of the
   shuffled global training batches.
 
   The global stream (every epoch shuffled afresh from `seed`) does not depend on the
@@ -272,7 +273,7 @@ def train_iterator(source: Sequence, preprocessor: Preprocessor, *, global_batch
   process reads and preprocesses only its own rows. `iterator.get_state()` /
   `set_state()` give its position for checkpoints.
   """
-  start, stop = process_rows(global_batch_size, rows)
+  start, stop = _rows_or_equal_share(global_batch_size, rows)
   stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
   index = _rows_of_global_batches(global_batch_size, (start, stop))
   dataset = (grain.MapDataset.range(len(stream) // global_batch_size * (stop - start))
@@ -285,7 +286,7 @@ def train_iterator(source: Sequence, preprocessor: Preprocessor, *, global_batch
 
 def eval_batches(source: Sequence, preprocessor: Preprocessor, *, global_batch_size: int,
                  rows: tuple[int, int] | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """This process's rows `rows` (default `process_rows`) of the split's global batches,
+  """This process's rows `rows` (default: an equal share per process) of the split's global batches,
   in order.
 
   The last global batch is filled up with copies of an example marked
@@ -294,7 +295,7 @@ def eval_batches(source: Sequence, preprocessor: Preprocessor, *, global_batch_s
   """
   if len(source) == 0:
     raise ConfigError("an evaluation split is empty")
-  start, stop = process_rows(global_batch_size, rows)
+  start, stop = _rows_or_equal_share(global_batch_size, rows)
   num_batches = -(-len(source) // global_batch_size)
   filler = preprocessor.example(source[0])
   for batch in range(num_batches):

@@ -135,10 +135,6 @@ def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding
       local_batch)
 
 
-def tree_shardings(tree: Any, sharding: NamedSharding) -> Any:
-  return jax.tree.map(lambda _: sharding, tree)
-
-
 def _spec_entries(value: Any, ndim: int, path: str) -> list[tuple[str, ...]]:
   """A rule's value -> one tuple of axis names per dimension."""
   if value is None:
