@@ -32,7 +32,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "test": ["pytest>=8.0,<10", "matplotlib>=3.8,<3.12",
              # Flax BERT/ViT/CLIP references for mmjax.convert parity (gone in transformers 5).
-             "transformers>=4.57,<4.58"],
+             "transformers>=4.57,<4.58",
+             # tests/test_notebooks.py runs notebooks/*.py headless in a Jupyter kernel.
+             "jupytext>=1.16,<1.20", "nbclient>=0.10,<0.12", "ipykernel>=6.29,<8"],
     "notebooks": ["matplotlib>=3.8,<3.12", "jupytext>=1.16,<1.20", "nbclient>=0.10,<0.12",
                   "ipykernel>=6.29,<8"],
     # experiments/benchmark.py: the Hugging Face ViLT (PyTorch) peer. torch 2.4 is the first

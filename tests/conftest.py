@@ -67,3 +67,15 @@ def load_config(path: str, arg: str | None = None, **overrides):
       node = node[parent]
     node[last] = value
   return config
+
+
+@pytest.fixture(scope="session")
+def shapes_workdir(data_dir, tmp_path_factory) -> str:
+  """A workdir after training `configs/edu/shapes_relational.py:runlocal` (60 steps,
+  cross_attention fusion with attention supervision in fusion layer 0)."""
+  from mmjax.train import loop
+
+  workdir = str(tmp_path_factory.mktemp("shapes") / "run")
+  loop.train(load_config("configs/edu/shapes_relational.py", "runlocal",
+                         **{"data.data_dir": data_dir}), workdir)
+  return workdir

@@ -163,6 +163,29 @@ def test_in_memory_cache_matches_source(grading):
     assert cached[i]["question"] == source[i]["question"]
 
 
+def test_split_slices_are_the_first_examples_in_stored_order(grading):
+  whole = grading.source("train")
+  for split, start, stop in (("train[:100]", 0, 100), ("train[1000:1010]", 1000, 1010),
+                             ("train[:10%]", 0, len(whole) // 10), ("train[50%:]",
+                                                                   len(whole) // 2, len(whole))):
+    part = grading.source(split)
+    assert len(part) == stop - start, split
+    for i in (0, len(part) - 1):
+      np.testing.assert_array_equal(part[i]["image"], whole[start + i]["image"])
+    batch = part.__getitems__([0, len(part) - 1])
+    assert [b["question"] for b in batch] == [whole[start]["question"],
+                                              whole[stop - 1]["question"]]
+  with pytest.raises(IndexError):
+    grading.source("train[:100]")[100]
+  for bad in ("train[5:2]", f"train[:{len(whole) + 1}]"):
+    with pytest.raises(ValueError, match=r"expected 0 <= start < stop"):
+      grading.source(bad)
+  # A sliced split trains like any other (the learning-curve ablation's data sizes).
+  batches = pipeline.train_iterator(grading.source("train[:40]"), make_preprocessor(grading),
+                                    global_batch_size=16, seed=0, num_threads=1)
+  assert next(batches)["image"].shape[0] == 16
+
+
 def test_unknown_dataset_and_split(grading):
   import ml_collections
   with pytest.raises(ValueError, match="unknown dataset 'mnist'; expected one of .*edu_grading"):
@@ -205,3 +228,24 @@ def test_vocabulary_build_is_deterministic_and_covers_its_text(tmp_path):
   # Too small a vocabulary for the characters is an error, not a silent [UNK].
   with pytest.raises(ValueError, match="cannot hold"):
     build_wordpiece(texts, 10, paths[0])
+
+
+def test_processes_sharing_a_fresh_data_dir_build_it_once(tmp_path):
+  """Two runs of a parallel sweep opening a dataset nobody built yet: one builds it, the
+  other waits on the lock and reads the same files (no clash over tfds's rename)."""
+  import subprocess
+  import sys
+
+  from conftest import REPO
+
+  script = ("import ml_collections, sys; from mmjax.data import pipeline; "
+            "d = pipeline.open_dataset(ml_collections.ConfigDict(dict(name='edu_grading', "
+            "data_dir=sys.argv[1], cache=False))); print(len(d.source('train')))")
+  procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+  assert [out.split()[-1] for out, _ in outputs] == ["20128", "20128"]
+  # tfds announces each build it starts: one in all.
+  assert sum((out + err).count("Downloading and preparing dataset") for out, err in outputs) == 1

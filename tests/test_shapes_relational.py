@@ -226,12 +226,8 @@ def test_built_dataset_features_sizes_and_vocabulary(dataset):
       ShapesRelational.NUM_SCENES[name] for name in ("train", "validation"))
 
 
-def test_runlocal_config_trains_and_reports_relational_accuracy(data_dir, tmp_path):
-  from mmjax.train import loop
-
-  workdir = str(tmp_path / "run")
-  loop.train(load_config("configs/edu/shapes_relational.py", "runlocal",
-                         **{"data.data_dir": data_dir}), workdir)
+def test_runlocal_config_trains_and_reports_relational_accuracy(shapes_workdir):
+  workdir = shapes_workdir  # the runlocal config trained once per session (conftest)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [r for r in map(json.loads, f) if "train/loss" in r]
   losses = [r["train/loss"] for r in records]

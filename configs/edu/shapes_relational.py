@@ -28,17 +28,36 @@ count questions from a bag of (colour, shape) pairs and never binds a colour to 
 position. See docs/education.md.
 
 Smoke size for tests and laptops: `--config configs/edu/shapes_relational.py:runlocal`.
+Ablations: `fusion=concat|merged|co_attention|cross_attention|late` and
+`modalities=image|text`; experiments/ablations/fusion.py runs them all over 3 seeds (on
+an H100, relational accuracy: cross_attention 0.985 ± 0.020, co_attention 0.960 ± 0.054,
+merged 0.915 ± 0.014, late 0.562, concat 0.560, one modality 0.35).
 """
 
 import ml_collections
 
 from mmjax.config import adamw, finetune, parse_arg, scale
 
+# Per fusion kind, the attention layer where a question token reads the image, which
+# query token is supervised in fusion layers 0 and 1, and the index of the first image
+# patch among the keys: after the image [CLS] (offset 1). `merged` runs one sequence
+# [fused CLS, image CLS, 16 patches, question tokens]: its patches start at 2, and in
+# layer 0 the supervised query is the question's [CLS] (token 18), since the fused [CLS]
+# is the same learned vector for every question until it has read the question in
+# layer 0; in layer 1 it is the fused [CLS], which the answer head reads.
+IMAGE_TOKENS = 1 + (32 // 8) ** 2  # 32x32 images in 8x8 patches, plus [CLS]
+ATTENTION_LAYERS = {
+    "cross_attention": ("fusion/cross_encoder/block_{}/cross_attention", (0, 0), 1),
+    "co_attention": ("fusion/block_{}/text/cross_attention", (0, 0), 1),
+    "merged": ("fusion/encoder/block_{}/self_attention", (1 + IMAGE_TOKENS, 0), 2),
+}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = parse_arg(arg, runlocal=False, steps=0, fusion="cross_attention", lr=0.0,
                   image_depth=0, fusion_depth=0, batch=0, width=0, heads=0, aux=0.5,
-                  ground=0.5, attend=1.0, text_depth=-1, posemb="sincos2d")
+                  ground=0.5, attend=1.0, text_depth=-1, posemb="sincos2d",
+                  modalities="image,text")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.total_steps = arg.steps or (60 if arg.runlocal else 3000)
@@ -63,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   width = arg.width or (32 if arg.runlocal else 64)
   heads = arg.heads or (2 if arg.runlocal else 4)
   c.model = ml_collections.ConfigDict()
-  c.model.modalities = "image,text"
+  c.model.modalities = arg.modalities  # "image" / "text": the single-modality ablations
   c.model.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
   c.model.param_dtype = "float32"
   # Memory/speed knobs (README "Scale"): remat none|full|dots|dots_no_batch; scan stacks.
@@ -98,18 +117,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.losses.update(question_type=arg.aux, colour=arg.aux, circle=arg.aux, square=arg.aux,
                     triangle=arg.aux)
   c.task = dict(name="classification", main="answer", label_smoothing=0.0)
-  if arg.attend:
+  layer = ATTENTION_LAYERS.get(arg.fusion)
+  if arg.attend and layer and arg.modalities == "image,text":
     # Attention supervision (`attend`): in fusion layer i, head 0 of the question's [CLS]
     # is trained to attend to the asked object's cell (layer 0) and to the cell of the
     # object the answer reports (layer 1: the closest or furthest one). Without it the
     # model finds the shape and count answers from a bag of (colour, shape) pairs but
     # never binds a colour to its position: left/right, top/bottom and closest/furthest
     # stayed at chance (measured over 1,500 steps without the `ground` heads, and over
-    # 500 with them).
-    layer, offset = {"cross_attention": ("fusion/cross_encoder/block_{}/cross_attention", 1),
-                     "merged": ("fusion/encoder/block_{}/self_attention", 2)}[arg.fusion]
+    # 500 with them). `concat` and `late` have no attention from the question to the
+    # image to supervise, nor has a single-modality run.
+    path, queries, offset = layer
     c.task.attention_targets = {
-        field: dict(layer=layer.format(i), weight=arg.attend, offset=offset)
+        field: dict(layer=path.format(i), weight=arg.attend, offset=offset, query=queries[i])
         for i, field in enumerate(("object_cell", "answer_cell")[:c.model.fusion.depth])}
 
   c.optimizer = adamw(arg.lr or (3e-3 if arg.runlocal else 1e-3))

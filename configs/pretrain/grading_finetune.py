@@ -33,8 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ConfigError("configs/pretrain/grading_finetune.py needs the pre-training workdir: "
                       "--config configs/pretrain/grading_finetune.py:pretrained=DIR")
   c = import_config("../edu/grading.py", "runlocal" if arg.runlocal else None)
-  pretrain = import_config("itc_itm_mlm.py", arg.pretrain_arg or
-                           ("runlocal" if arg.runlocal else None))
+  # The pre-training run's own arg (`pretrain_arg=losses=itc`), plus `runlocal` for smoke runs.
+  pretrain = import_config("itc_itm_mlm.py", ",".join(
+      a for a in (arg.pretrain_arg, "runlocal" if arg.runlocal else "") if a) or None)
   if arg.steps:
     c.total_steps = arg.steps
   # Towers and fusion exactly as pre-trained (init_from checks every shape).

@@ -24,8 +24,10 @@ uninterrupted run would, and 1 device, 8 devices or 2 processes train on the sam
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 
 import grain
@@ -62,12 +64,55 @@ class Dataset:
     return spec.num_classes
 
   def source(self, split: str) -> Sequence:
-    if split not in self.sources:
-      raise ConfigError(f"dataset '{self.name}' has no split '{split}'; it has "
+    """The examples of `split`, or of a slice of it: "train[:1000]", "train[1000:2000]",
+    "train[:10%]" (the first examples in the split's stored order, as tfds slices)."""
+    match = _SLICE.fullmatch(split)
+    name = match.group(1) if match else split
+    if name not in self.sources:
+      raise ConfigError(f"dataset '{self.name}' has no split '{name}'; it has "
                         f"{', '.join(self.sources)}")
-    if self.cache and not isinstance(self.sources[split], InMemorySource):
-      self.sources[split] = InMemorySource(self.sources[split])
-    return self.sources[split]
+    if self.cache and not isinstance(self.sources[name], InMemorySource):
+      self.sources[name] = InMemorySource(self.sources[name])
+    if not match:
+      return self.sources[name]
+    whole = self.sources[name]
+    bounds = [_slice_bound(b, len(whole)) for b in match.group(2, 3)]
+    start, stop = bounds[0] or 0, len(whole) if bounds[1] is None else bounds[1]
+    if not 0 <= start < stop <= len(whole):
+      raise ConfigError(f"split '{split}': expected 0 <= start < stop <= {len(whole)} "
+                        f"(the examples of '{name}'), got [{start}:{stop}]")
+    return SliceSource(whole, start, stop)
+
+
+_SLICE = re.compile(r"(\w+)\[(\d*%?):(\d*%?)\]")
+
+
+def _slice_bound(text: str, size: int) -> int | None:
+  if not text:
+    return None
+  return size * int(text[:-1]) // 100 if text.endswith("%") else int(text)
+
+
+class SliceSource:
+  """Examples [start, stop) of a data source, itself a data source (`Dataset.source`)."""
+
+  def __init__(self, source: Sequence, start: int, stop: int):
+    self._source, self._start, self._stop = source, start, stop
+
+  def __len__(self) -> int:
+    return self._stop - self._start
+
+  def __getitem__(self, index: int) -> dict:
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} outside a slice of {len(self)} examples")
+    return self._source[self._start + index]
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+    if any(not 0 <= i < len(self) for i in indices):
+      raise IndexError(f"an index outside a slice of {len(self)} examples")
+    shifted = [self._start + i for i in indices]
+    many = getattr(self._source, "__getitems__", None)
+    return list(many(shifted)) if many else [self._source[i] for i in shifted]
 
 
 def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
@@ -86,8 +131,16 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   builder = make_builder()
   # Process 0 builds first, alone; the others wait, then reuse its files (shared data_dir)
   # or, on a disk of their own, build the same deterministic data themselves.
-  if jax.process_index() == 0:
-    _prepare(builder, manual_dir)
+  if jax.process_index() == 0 and not _prepared(builder):
+    # Independent runs sharing a data dir (a parallel sweep) take turns: the first builds,
+    # the others find the files when they get the lock, and read them with a new builder.
+    os.makedirs(os.path.dirname(builder.data_dir), exist_ok=True)
+    with open(os.path.join(os.path.dirname(builder.data_dir), ".build.lock"), "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      builder = make_builder()
+      _prepare(builder, manual_dir)
+      fcntl.flock(lock, fcntl.LOCK_UN)
+    builder = make_builder()
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"mmjax: dataset {data_config.name} prepared")
     builder = make_builder()
@@ -97,11 +150,15 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
                  tokenizer_path if os.path.exists(tokenizer_path) else None, data_config.cache)
 
 
+def _prepared(builder: tfds.core.DatasetBuilder) -> bool:
+  return (os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+          and builder.is_prepared())
+
+
 def _prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None) -> None:
   """Generates the dataset into its data dir unless it is already there (offline);
   `manual_dir` (`config.data.manual_dir`) holds files a builder reads as given."""
-  if os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")) and \
-      builder.is_prepared():
+  if _prepared(builder):
     return
   log.info("building dataset %s into %s (first use, offline)", builder.name, builder.data_dir)
   tfds.disable_progress_bar()  # a few seconds of work; the log line above says it

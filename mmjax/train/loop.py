@@ -449,7 +449,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       log.info("%s", report.summary())
       write_json(os.path.join(workdir, "compile.json"),
                  dict(dataclasses.asdict(report), peak_bytes=report.peak_bytes,
-                      peak_flops_per_device=peak, mesh=dict(exp.mesh.shape)))
+                      peak_flops_per_device=peak, mesh=dict(exp.mesh.shape),
+                      params_trainable=setup.num_trainable, params_total=setup.num_total))
       window_start = time.perf_counter()
     state, metrics = step_fn(state, batch)
     pending.append(metrics)

@@ -1,0 +1,1 @@
+"""Ablations as sweep files for `python -m experiments.sweep` (see experiments/sweep.py)."""
