@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Iterator, Sequence
 
 import grain
@@ -134,8 +136,9 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   if jax.process_index() == 0 and not _prepared(builder):
     # Independent runs sharing a data dir (a parallel sweep) take turns: the first builds,
     # the others find the files when they get the lock, and read them with a new builder.
-    os.makedirs(os.path.dirname(builder.data_dir), exist_ok=True)
-    with open(os.path.join(os.path.dirname(builder.data_dir), ".build.lock"), "w") as lock:
+    # The lock file lives in the temp dir, so a failed build leaves nothing in the data dir.
+    key = hashlib.sha1(os.path.abspath(builder.data_dir).encode()).hexdigest()[:16]
+    with open(os.path.join(tempfile.gettempdir(), f"mmjax-build-{key}.lock"), "w") as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)
       builder = make_builder()
       _prepare(builder, manual_dir)
