@@ -25,7 +25,7 @@ run: $(VENV)/.installed
 
 ## make test: the whole test suite on CPU.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=30
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.22,<0.24",
     "transformers>=4.57,<6",  # 4.57 still has the Flax references the converter tests use
     "safetensors>=0.4,<1",  # mmjax.convert reads HF checkpoints (numpy backend, no torch)
+    # `mmjax export` / `mmjax.serving`: jax.export serializes its artifacts with flatbuffers.
+    "flatbuffers>=24.3,<26",
     # Logging.
     "tensorboardX>=2.6,<2.7",
     "tqdm>=4.66,<5",

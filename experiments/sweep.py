@@ -150,15 +150,17 @@ def make_jobs(sweeps: Iterable[Sweep], out: str, *, extra_arg: str = "",
 
 
 def finished(workdir: str) -> bool:
-  """Whether the run in `workdir` trained to its last step and wrote its evaluation."""
+  """Whether the run in `workdir` trained to its last step (or stopped early) and wrote its
+  evaluation."""
   try:
     with open(os.path.join(workdir, "eval.json"), encoding="utf-8") as f:
-      step = json.load(f)["step"]
+      record = json.load(f)
     with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
       total = json.load(f)["total_steps"]
+    stopped = (record.get("early_stopping") or {}).get("stopped", False)
+    return record["step"] >= total or stopped
   except (OSError, ValueError, KeyError):
     return False
-  return step >= total
 
 
 def execute(job: Job) -> tuple[Job, bool, float]:

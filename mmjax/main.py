@@ -1,13 +1,30 @@
 """Command line: `mmjax [train|eval] --config FILE[:ARG] --workdir DIR [--config.x.y=v ...]`.
 
 Also `python -m mmjax.main ...`. `train` (the default) resumes from the newest
-checkpoint in DIR; `eval` evaluates it. Mistakes in the command line (a missing config
-file, an unknown config field, a value of the wrong type) end with one line on stderr
-naming what is wrong, and exit status 2.
+checkpoint in DIR (after a kill -9 too: the result is bit-identical to an uninterrupted
+run); `eval` evaluates it, or with `--checkpoint best` early stopping's best checkpoint.
+A training step with a non-finite loss or gradient ends the run with one line naming
+the step, the loss terms and the first non-finite gradient, and exit status 1; the last
+good checkpoint stays (`--config.skip_nonfinite_steps=True` skips such updates instead).
+
+  mmjax export --workdir DIR [--quantize int8] [--export_dir OUT] [--platforms cpu,cuda]
+  mmjax predict --workdir DIR --image a.png --text "What is 3 + 4?"
+  mmjax predict --workdir DIR --jsonl inputs.jsonl
+
+`export` writes the newest checkpoint of DIR as a `jax.export` artifact with its
+tokenizer and preprocessing (`DIR/export`, see mmjax/export.py; the config comes from
+`DIR/config.json` unless --config is given); `predict` loads it with `mmjax.serving`
+(no training code) and prints the answer and its probabilities, or for --jsonl (rows
+{"image": path relative to the file, "text": ...}) one JSON line per row.
+
+Mistakes in the command line (a missing config file, an unknown config field, a value of
+the wrong type, a missing export or image) end with one line on stderr naming what is
+wrong, and exit status 2.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -18,12 +35,26 @@ from ml_collections import config_flags
 
 from mmjax.config import ConfigError, config_from_file, did_you_mean
 
-COMMANDS = ("train", "eval")
+COMMANDS = ("train", "eval", "export", "predict")
+# Commands that read their config from `<workdir>/config.json` (or need none).
+NO_CONFIG_COMMANDS = ("export", "predict")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config: path/to/config.py[:arg]. Fields can be overridden "
     "with --config.field=value.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
+                                "eval: the newest checkpoint or early stopping's best.")
+_EXPORT_DIR = flags.DEFINE_string(
+    "export_dir", None, "export/predict: the export directory (default <workdir>/export).")
+_QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "int8"],
+                              "export: weight-only quantization of the exported weights.")
+_PLATFORMS = flags.DEFINE_list("platforms", None, "export: platforms to lower for, e.g. "
+                               "cpu,cuda (default: this machine's).")
+_IMAGE = flags.DEFINE_string("image", None, "predict: an image file.")
+_TEXT = flags.DEFINE_string("text", None, "predict: the text (question) for --image.")
+_JSONL = flags.DEFINE_string("jsonl", None, "predict: a JSONL file of {\"image\": path "
+                             "relative to the file, \"text\": ...} rows.")
 
 log = logging.getLogger("mmjax")
 
@@ -68,10 +99,12 @@ def check_overrides(config, overrides: list[tuple[str, str]]) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
   specs = _flag_values(argv, "config")
   spec = next((value for flag, value in specs if flag == "config"), None)
+  command = next((arg for arg in argv[1:] if arg in COMMANDS), None)
   try:
-    if spec is None:
+    if spec is None and command not in NO_CONFIG_COMMANDS:
       raise ConfigError("--config is required: --config configs/<area>/<experiment>.py[:arg]")
-    check_overrides(load_config_file(spec), [s for s in specs if s[0] != "config"])
+    if spec is not None:
+      check_overrides(load_config_file(spec), [s for s in specs if s[0] != "config"])
     rest = flags.FLAGS(argv)
   except ConfigError as e:
     _fail(str(e))
@@ -84,13 +117,103 @@ def parse_flags(argv: list[str]) -> list[str]:
   return rest
 
 
+def run_export(workdir: str) -> None:
+  from mmjax import export  # noqa: PLC0415
+
+  quantize = None if _QUANTIZE.value == "none" else _QUANTIZE.value
+  try:
+    report = export.export(workdir, _EXPORT_DIR.value, quantize=quantize,
+                           config=_CONFIG.value, platforms=_PLATFORMS.value)
+  except ConfigError as e:
+    _fail(str(e))
+  print(f"Exported step {report['step']} of {os.path.abspath(workdir)} "
+        f"({'int8 weights' if quantize else 'float32 weights'}) to {report['directory']}:")
+  for name, size in report["sizes"].items():
+    print(f"  {name:20s} {size / 1024:9.1f} KiB")
+  print(f"  {'total':20s} {report['total_bytes'] / 1024:9.1f} KiB")
+
+
+def _format_prediction(result: dict) -> str:
+  lines = [result["prediction"]]
+  ranked = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])
+  lines += [f"  {name:12s} {p:.4f}" for name, p in ranked]
+  others = [f"{head}: {out['prediction']} ({out['probabilities'][out['prediction']]:.2f})"
+            for head, out in result["heads"].items()
+            if out["probabilities"] != result["probabilities"]]
+  if others:
+    lines.append("  other heads: " + ", ".join(others))
+  return "\n".join(lines)
+
+
+def read_jsonl(path: str) -> tuple[list[str], list[str]]:
+  """(image paths, texts) of a JSONL file of {"image": path relative to the file, "text"}."""
+  if not os.path.isfile(path):
+    _fail(f"--jsonl: file not found: {path}")
+  images, texts = [], []
+  base = os.path.dirname(os.path.abspath(path))
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        _fail(f"{path}:{number}: not valid JSON ({e.msg})")
+      if not isinstance(row, dict):
+        _fail(f"{path}:{number}: expected an object with \"image\" and \"text\"")
+      for field in ("image", "text"):
+        if not isinstance(row.get(field), str):
+          _fail(f"{path}:{number}: field \"{field}\" is missing or not a string")
+      image = os.path.join(base, row["image"])
+      if not os.path.isfile(image):
+        _fail(f"{path}:{number}: field \"image\": file not found: {image}")
+      images.append(image)
+      texts.append(row["text"])
+  if not images:
+    _fail(f"--jsonl: {path} has no rows")
+  return images, texts
+
+
+def run_predict(workdir: str) -> None:
+  from mmjax import serving  # noqa: PLC0415
+
+  if bool(_JSONL.value) == bool(_IMAGE.value or _TEXT.value):
+    _fail("predict: give either --image FILE --text TEXT or --jsonl FILE")
+  if _JSONL.value:
+    images, texts = read_jsonl(_JSONL.value)
+  else:
+    if not _IMAGE.value or _TEXT.value is None:
+      _fail("predict: --image and --text go together")
+    if not os.path.isfile(_IMAGE.value):
+      _fail(f"--image: file not found: {_IMAGE.value}")
+    images, texts = [_IMAGE.value], [_TEXT.value]
+  try:
+    predictor = serving.load(_EXPORT_DIR.value or os.path.join(workdir, "export"))
+    results = []
+    for start in range(0, len(images), 256):
+      results += predictor.predict(images[start:start + 256], texts[start:start + 256])
+  except serving.ExportError as e:
+    _fail(str(e))
+  if _JSONL.value:
+    for image, text, result in zip(images, texts, results, strict=True):
+      print(json.dumps(dict(image=image, text=text, **result)))
+  else:
+    print(_format_prediction(results[0]))
+
+
 def main(argv: list[str]) -> None:
   command = argv[1] if len(argv) > 1 else "train"
+  if command == "predict":  # serving only: no training code, no config
+    run_predict(_WORKDIR.value)
+    return
   # mmjax reports at INFO; libraries only warnings (at INFO, orbax logs every file it
   # writes). absl.app turns INFO on for everything, so set both explicitly.
   from absl import logging as absl_logging  # noqa: PLC0415
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("mmjax").setLevel(logging.INFO)
+  if command == "export":
+    run_export(_WORKDIR.value)
+    return
   # Imported here, not at the top: they import jax, and --help should stay fast.
   from mmjax.train import distributed, loop  # noqa: PLC0415
 
@@ -101,9 +224,12 @@ def main(argv: list[str]) -> None:
     if command == "train":
       results = loop.train(config, workdir)
     else:
-      results = loop.evaluate(config, workdir)
+      results = loop.evaluate(config, workdir, checkpoint=_CHECKPOINT.value)
   except ConfigError as e:
     _fail(str(e))
+  except loop.NonFiniteError as e:
+    print(f"mmjax: error: {e}", file=sys.stderr)
+    sys.exit(1)
   if results:
     name, value = loop.headline(config, results)
     minutes = (time.perf_counter() - started) / 60

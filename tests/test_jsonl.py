@@ -342,7 +342,7 @@ def train_losses(workdir):
 
 def test_runlocal_config_trains_on_a_jsonl_directory(data_dir, tmp_path):
   root = toy_classification(tmp_path / "data")
-  config = load_config("configs/edu/jsonl.py", "runlocal",
+  config = load_config("configs/edu/jsonl.py", "runlocal,sample_rate=8000",  # dataset.json's
                        **{"data.data_dir": data_dir, "data.path": root})
   workdir = str(tmp_path / "run")
   loop.train(config, workdir)

@@ -93,4 +93,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint = dict(every_steps=c.log_every_steps * (2 if arg.runlocal else 10), keep=2)
   c.evals = dict(splits=("validation", "test"), every_steps=0 if arg.runlocal else 400,
                  batch_size=256, headline="test/accuracy")
+  # Early stopping (off while `metric` is ""): e.g. metric="validation/accuracy" stops when
+  # `patience` evaluations (every evals.every_steps) in a row do not beat the best by more
+  # than `min_delta`; the best checkpoint is kept in <workdir>/best/ apart from the latest
+  # (`mmjax eval --checkpoint best`).
+  c.early_stopping = dict(metric="", mode="max", patience=3, min_delta=0.0)
+  # A step with a non-finite loss or gradient stops the run with a report (False: the last
+  # good checkpoint stays), or its update is skipped and counted (True).
+  c.skip_nonfinite_steps = False
   return c

@@ -122,6 +122,7 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   if data_config.name not in BUILDERS:
     raise ConfigError(f"config.data.name: unknown dataset '{data_config.name}'; expected one of "
                       f"{', '.join(BUILDERS)}")
+  _check_data_dir(data_config.get("data_dir", None))
   builder_class = BUILDERS[data_config.name]
   # A builder reading users' files (jsonl, scienceqa) turns `config.data` into its own
   # constructor arguments (a BuilderConfig naming the files' version) here.
@@ -151,6 +152,19 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   tokenizer_path = os.path.join(builder.data_dir, "tokenizer.json")
   return Dataset(data_config.name, builder, dict(builder.as_data_source()),
                  tokenizer_path if os.path.exists(tokenizer_path) else None, data_config.cache)
+
+
+def _check_data_dir(data_dir: str | None) -> None:
+  """ConfigError naming `config.data.data_dir` when datasets cannot be built into it: a
+  file stands where it, or a folder above it, should be (a missing directory is created)."""
+  if not data_dir or "://" in data_dir:  # unset (tfds's default), or a remote store
+    return
+  existing = os.path.abspath(data_dir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f"config.data.data_dir: '{existing}' is a file; expected a directory to "
+                      f"build datasets into (created when missing), got '{data_dir}'")
 
 
 def _prepared(builder: tfds.core.DatasetBuilder) -> bool:
@@ -278,10 +292,31 @@ def make_preprocessor(dataset: Dataset, config: ml_collections.ConfigDict,
     if feature not in known:  # e.g. a modality a user's jsonl dataset does not have
       raise ConfigError(f"config.data.fields.{role}: dataset '{dataset.name}' has no feature "
                         f"'{feature}'; it has {', '.join(known)}")
+  if "audio" in modalities:
+    check_sample_rate(dataset, config)
   text_encoder = make_text_encoder(dataset, config) if "text" in modalities else None
   # Optional: the image size and channels a pretrained image tower expects.
   return Preprocessor(fields, text_encoder, image_size=config.input.get("image_size", None),
                       image_channels=config.input.get("image_channels", None))
+
+
+def check_sample_rate(dataset: Dataset, config: ml_collections.ConfigDict) -> None:
+  """ConfigError when the dataset declares the sample rate of its audio (a builder's
+  `audio_sample_rate`) and `config.model.audio.sample_rate` (the rate the audio tower's
+  spectrogram assumes; AudioEncoder's default when unset) differs from it."""
+  stored = getattr(dataset.builder, "audio_sample_rate", None)
+  if stored is None:
+    return
+  from mmjax.models.audio import AudioEncoder
+
+  audio = config.model.get("audio", None) or {}
+  expected = audio.get("sample_rate", None) or AudioEncoder.sample_rate
+  if expected != stored:
+    where = (f"{os.path.join(dataset.builder.builder_config.path, 'dataset.json')} "
+             "audio_sample_rate" if dataset.name == "jsonl" else f"dataset '{dataset.name}'")
+    raise ConfigError(f"config.model.audio.sample_rate={expected}: the audio is stored at "
+                      f"{stored} Hz ({where}); set --config.model.audio.sample_rate={stored} "
+                      "so the audio tower's spectrogram reads it at its rate")
 
 
 def make_text_encoder(dataset: Dataset, config: ml_collections.ConfigDict) -> TextEncoder:

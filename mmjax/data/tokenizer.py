@@ -98,11 +98,14 @@ def load_tokenizer(path: str, *, standard_ids: bool = True) -> PreTrainedTokeniz
 class TextEncoder:
   """Encodes a batch of strings to fixed-length `text_ids` [B, max_len] int32 and
   `text_mask` [B, max_len] bool. Longer texts are cut to max_len (keeping [SEP] at the
-  end), with one warning per process."""
+  end), with one warning per encoder (one per run: a run's task builds one per text
+  field) naming `field`, the setting that holds max_len."""
 
-  def __init__(self, tokenizer: PreTrainedTokenizerFast, max_len: int):
+  def __init__(self, tokenizer: PreTrainedTokenizerFast, max_len: int,
+               field: str = "config.input.max_text_len"):
     self.tokenizer = tokenizer
     self.max_len = max_len
+    self.field = field
     self._warned = False
 
   @property
@@ -119,8 +122,11 @@ class TextEncoder:
     if not self._warned:
       cut = [i for i, e in enumerate(encoded.encodings) if e.overflowing]
       if cut:
-        log.warning("text longer than max_len=%d tokens was truncated (first: %r); raise "
-                    "config.input.max_text_len to keep it whole", self.max_len, texts[cut[0]])
+        first = " ".join(str(texts[cut[0]]).split())
+        first = first if len(first) <= 60 else first[:57] + "..."
+        log.warning("%s=%d: text longer than %d tokens is truncated (warned once; first: "
+                    "%r); raise %s to keep it whole", self.field, self.max_len,
+                    self.max_len, first, self.field)
         self._warned = True
     return {"text_ids": np.asarray(encoded["input_ids"], np.int32),
             "text_mask": np.asarray(encoded["attention_mask"], bool)}

@@ -183,7 +183,8 @@ def make_generation_preprocessor(dataset: pipeline.Dataset, config: ml_collectio
                else pipeline.make_text_encoder(dataset, config).tokenizer)
   return GenerationPreprocessor(
       inputs.fields, inputs.text_encoder,
-      TextEncoder(tokenizer, config.input.get("max_target_len", None)),
+      TextEncoder(tokenizer, config.input.get("max_target_len", None),
+                  field="config.input.max_target_len"),
       target_field=config.data.fields["target"],
       description_field=config.data.fields.get("description", None),
       **inputs.image_options)

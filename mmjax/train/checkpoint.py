@@ -1,9 +1,14 @@
 """Orbax checkpoints of the train state plus the input pipeline's position.
 
 Each checkpoint is a step directory holding `state` (the TrainState, restored with its
-shardings) and `data` (the grain iterator state, JSON). Orbax writes a step into a
-temporary directory and renames it when complete, so an interrupted save never
-replaces a good checkpoint; old steps are removed only after a newer one is final.
+shardings), `data` (the grain iterator state, JSON) and `meta` (the loop's own state,
+JSON: early stopping). Orbax writes a step into a temporary directory and renames it
+when complete, so an interrupted save never replaces a good checkpoint; old steps are
+removed only after a newer one is final. `Checkpointer.restore_latest` skips, with a
+one-line warning, temporary directories left by a killed save and step directories
+that do not restore (moved aside to `<step>.unreadable`, never deleted), and falls back
+to the newest good step. Nothing is ever unpickled: arrays are tensorstore/zarr files,
+the rest JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from mmjax.convert.report import ConversionReport
 
 log = logging.getLogger(__name__)
 
+TMP_MARKER = ".orbax-checkpoint-tmp"  # in the name of a step directory still being written
+
 
 def abstract_like(tree: Any) -> Any:
   """Shape/dtype/sharding descriptions of a tree of arrays (what restore fills in)."""
@@ -31,34 +38,73 @@ def abstract_like(tree: Any) -> Any:
 
 
 class Checkpointer:
-  """Saves and restores (TrainState, data iterator state) under `<workdir>/checkpoints`."""
+  """Saves and restores (TrainState, data iterator state, loop state) under
+  `<workdir>/<subdir>`: `checkpoints` (the latest `keep`) or `best` (early stopping)."""
 
-  def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  def __init__(self, workdir: str, *, keep: int, async_save: bool = True,
+               subdir: str = "checkpoints"):
+    self.directory = os.path.abspath(os.path.join(workdir, subdir))
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=async_save),
-        item_names=("state", "data"))
+        item_names=("state", "data", "meta"))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict) -> None:
+  def save(self, step: int, state: Any, data_state: dict, meta: dict | None = None) -> None:
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta or {})), force=True)
 
-  def restore(self, step: int, like_state: Any) -> tuple[Any, dict]:
-    """Restores step `step` into arrays shaped and sharded like `like_state`."""
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_like(like_state)),
-        data=ocp.args.JsonRestore()))
+  def restore(self, step: int, like_state: Any) -> tuple[Any, dict, dict]:
+    """Restores step `step` into arrays shaped and sharded like `like_state`; returns
+    (state, data iterator state, loop state)."""
+    args = dict(state=ocp.args.StandardRestore(abstract_like(like_state)),
+                data=ocp.args.JsonRestore())
+    if os.path.isdir(os.path.join(self.directory, str(step), "meta")):  # older ones lack it
+      args["meta"] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     log.info("restored checkpoint at step %d from %s", step, self.directory)
-    return restored["state"], restored["data"]
+    return restored["state"], restored["data"], dict(restored.get("meta") or {})
+
+  def restore_latest(self, like_state: Any) -> tuple[int, Any, dict, dict] | None:
+    """(step, state, data state, loop state) of the newest step that restores, or None.
+
+    A step that fails to restore (half-written by hand or by a file system without
+    atomic renames, or corrupted) is moved aside to `<step>.unreadable` with a one-line
+    warning and the step before it is tried; temporary directories of saves that never
+    finished are reported and left alone (orbax does not list them as steps).
+    """
+    for name in sorted(os.listdir(self.directory)):
+      if TMP_MARKER in name:
+        log.warning("ignoring %s: a checkpoint whose save never finished",
+                    os.path.join(self.directory, name))
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return (step, *self.restore(step, like_state))
+      except Exception as e:  # noqa: BLE001 - any unreadable step falls back the same way
+        path = os.path.join(self.directory, str(step))
+        aside = f"{path}.unreadable"
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        log.warning("checkpoint %s does not restore (%s: %s); moved to %s, using the one "
+                    "before it", path, type(e).__name__, reason, aside)
+        if jax.process_index() == 0:
+          os.replace(path, aside)
+        self.manager.reload()
+    return None
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def has_steps(workdir: str, subdir: str = "checkpoints") -> bool:
+  """Whether `<workdir>/<subdir>` holds a step directory (complete or not), without
+  creating anything."""
+  directory = os.path.join(workdir, subdir)
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
 def state_directory(path: str) -> str:

@@ -392,6 +392,81 @@ def headline(config: ml_collections.ConfigDict, results: dict[str, dict[str, Any
   return config.evals.headline, float(results[split][metric])
 
 
+class NonFiniteError(RuntimeError):
+  """A training step produced a non-finite loss or gradient; the message is one line and
+  `report` has the details (also written to `<workdir>/nonfinite.json`)."""
+
+  def __init__(self, message: str, report: dict[str, Any]):
+    super().__init__(message)
+    self.report = report
+
+
+def nonfinite_report(step: int, metrics: dict[str, Any], grad_names: list[str],
+                     last_good: int | None, directory: str) -> dict[str, Any]:
+  """What went wrong at `step`: its loss terms, the first parameter (in path order)
+  whose gradient is not finite, and the checkpoint training can continue from."""
+  index = int(metrics["nonfinite_grad"])
+  return dict(step=step,
+              loss_terms={k: float(metrics[k]) for k in sorted(
+                  metrics, key=lambda k: (k != "loss", k)) if k.endswith("loss")},
+              first_nonfinite_gradient=grad_names[index] if index >= 0 else None,
+              nonfinite_gradients=int(metrics["nonfinite_grads"]),
+              last_good_checkpoint=None if last_good is None
+              else os.path.join(directory, str(last_good)))
+
+
+class EarlyStopping:
+  """`config.early_stopping` = dict(metric="<split>/<name>", mode="max"|"min", patience,
+  min_delta): after each periodic evaluation (`config.evals.every_steps`), a value better
+  than the best by more than `min_delta` makes that step the best (its checkpoint is kept
+  in `<workdir>/best/`, apart from the latest); `patience` evaluations in a row without one
+  stop training. The state travels in every checkpoint, so a resumed run decides alike."""
+
+  FIELDS = {"metric", "mode", "patience", "min_delta"}
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    spec = config.get("early_stopping", None)
+    self.enabled = bool(spec and spec.get("metric"))  # metric "" (the default): off
+    if not self.enabled:
+      return
+    check_fields("config.early_stopping", spec.keys(), self.FIELDS)
+    self.split, _, self.name = spec.metric.partition("/")
+    if self.split not in config.evals.splits or not self.name:
+      raise ConfigError(f"config.early_stopping.metric='{spec.metric}': expected "
+                        f"'<split>/<metric>' with a split of config.evals.splits "
+                        f"({', '.join(config.evals.splits)})")
+    self.mode = spec.get("mode", "max")
+    if self.mode not in ("max", "min"):
+      raise ConfigError(f"config.early_stopping.mode='{self.mode}': expected max or min")
+    self.patience = int(spec.get("patience", 3))
+    self.min_delta = float(spec.get("min_delta", 0.0))
+    every = config.evals.every_steps
+    if self.patience < 1 or not every or every % config.log_every_steps:
+      raise ConfigError(
+          f"config.early_stopping needs patience >= 1 (got {self.patience}) and periodic "
+          f"evaluations at log steps: config.evals.every_steps={every} must be a positive "
+          f"multiple of config.log_every_steps={config.log_every_steps}")
+    self.state = dict(best=None, best_step=None, bad_evals=0, stopped=False)
+
+  def update(self, step: int, results: dict[str, dict[str, Any]]) -> bool:
+    """Records an evaluation; True when it is the best so far."""
+    try:
+      value = float(results[self.split][self.name])
+    except KeyError:
+      raise ConfigError(f"config.early_stopping.metric: the '{self.split}' evaluation "
+                        f"reports no '{self.name}' (it has {', '.join(results[self.split])})"
+                        ) from None
+    best = self.state["best"]
+    sign = 1.0 if self.mode == "max" else -1.0
+    improved = best is None or sign * (value - best) > self.min_delta
+    if improved:
+      self.state.update(best=value, best_step=step, bad_evals=0)
+    else:
+      self.state["bad_evals"] += 1
+      self.state["stopped"] = self.state["bad_evals"] >= self.patience
+    return improved
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *,
           stop_after_steps: int | None = None,
           devices: list[jax.Device] | None = None) -> dict[str, Any]:
@@ -400,38 +475,56 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   `stop_after_steps` ends this invocation early, at the first log step after that many
   steps and after a checkpoint, as a preemption would; running again continues.
   Returns the final evaluation, or {} if stopped early.
+
+  A run is exactly resumable: the checkpoint holds the state, the data iterator's
+  position and the loop's own state; randomness derives from (seed, step). A step with
+  a non-finite loss or gradient raises NonFiniteError before anything after the last
+  good checkpoint is saved, unless `config.skip_nonfinite_steps` skips its update.
   """
   validate(config)
   exp = build_experiment(config, devices)  # config mistakes surface here, before any write
+  stopper = EarlyStopping(config)
+  skip_nonfinite = bool(config.get("skip_nonfinite_steps", False))
+  had_checkpoints = checkpoint_lib.has_steps(workdir)
+  # Pretrained towers load (and may fail on shapes) before anything is written.
+  state, setup = create_state(exp, initial_params(exp, pretrained=not had_checkpoints))
   os.makedirs(workdir, exist_ok=True)
   record_config(config, workdir)
   save_tokenizer(exp, workdir)
   checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
-  latest = checkpointer.latest_step()
-  state, setup = create_state(exp, initial_params(exp, pretrained=latest is None))
+  best_checkpointer = Checkpointer(workdir, keep=1, subdir="best") if stopper.enabled else None
+  restored = checkpointer.restore_latest(state)
+  if restored is None and had_checkpoints:  # none restored: start afresh, pretrained
+    state, setup = create_state(exp)
   log.info("parameters: %s trainable / %s total (finetune mode %s); mesh %s: %s",
            f"{setup.num_trainable:,}", f"{setup.num_total:,}", exp.finetune.mode,
            dict(exp.mesh.shape), sharding_lib.describe(setup.shardings.params))
 
-  writer = MetricWriter(workdir, resume_step=latest)
   batches = pipeline.train_iterator(
       exp.dataset.source(config.data.train_split), exp.preprocessor,
       global_batch_size=config.input.batch_size, seed=config.seed,
       num_threads=config.input.num_threads, rows=exp.rows(config.input.batch_size))
   start = 0
-  if latest is not None:
-    state, data_state = checkpointer.restore(latest, state)
+  if restored is not None:
+    start, state, data_state, meta = restored
     batches.set_state(data_state)
-    start = latest
+    if stopper.enabled and meta.get("early_stopping"):
+      stopper.state = dict(meta["early_stopping"])
+  writer = MetricWriter(workdir, resume_step=start if restored is not None else None)
   train_step = make_train_step(exp.model, exp.task, setup.tx, setup.schedule,
                                jax.random.fold_in(jax.random.key(config.seed), 1),
                                trainable=setup.trainable, model_params=setup.model_params,
-                               accum_steps=accum_steps(config), mesh=exp.mesh)
+                               accum_steps=accum_steps(config), mesh=exp.mesh,
+                               skip_nonfinite=skip_nonfinite)
   step_fn = jit_train_step(train_step, setup.shardings, exp.batch_sharding, exp.replicated)
   evaluators = make_evaluators(exp, setup.shardings.params, setup.model_params)
+  grad_names = gradient_names(state.params, setup.trainable)
+
+  def meta() -> dict:
+    return {"early_stopping": stopper.state} if stopper.enabled else {}
 
   total = config.total_steps
-  pending: list[dict[str, jax.Array]] = []
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
   window_start = time.perf_counter()
   bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
              mininterval=1.0 if sys.stderr.isatty() else 30.0,
@@ -441,68 +534,137 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   loops = accum_steps(config) > 1 or scanned(config)
   report = None
   step = start
-  while step < total:
-    step += 1
-    batch = exp.to_device(next(batches))
-    if report is None:  # compile before step 1, and say what the step costs
-      step_fn, report = profile.compile_ahead(step_fn, state, batch, loops=loops)
-      log.info("%s", report.summary())
-      write_json(os.path.join(workdir, "compile.json"),
-                 dict(dataclasses.asdict(report), peak_bytes=report.peak_bytes,
-                      peak_flops_per_device=peak, mesh=dict(exp.mesh.shape),
-                      params_trainable=setup.num_trainable, params_total=setup.num_total))
-      window_start = time.perf_counter()
-    state, metrics = step_fn(state, batch)
-    pending.append(metrics)
-    bar.update(1)
-    if step % config.log_every_steps == 0 or step == total:
-      fetched = jax.device_get(pending)
-      elapsed = time.perf_counter() - window_start
-      scalars = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      scalars["train/steps_per_sec"] = len(fetched) / elapsed
-      utilisation = profile.mfu(report, elapsed / len(fetched), peak)
-      if utilisation is not None:
-        scalars["train/mfu"] = utilisation
-      writer.write(step, scalars)
-      bar.set_postfix(loss=f"{scalars['train/loss']:.4f}",
-                      steps_per_s=f"{scalars['train/steps_per_sec']:.1f}")
-      pending, window_start = [], time.perf_counter()
-    if config.evals.every_steps and step % config.evals.every_steps == 0 and step < total:
-      writer.write(step, scalar_metrics(run_evaluators(evaluators, state.params)))
-    # An early stop waits for a log step, so no logged average is cut in two.
-    stopping = (stop_after_steps is not None and step - start >= stop_after_steps
-                and step % config.log_every_steps == 0)
-    if step % config.checkpoint.every_steps == 0 or step == total or stopping:
-      checkpointer.save(step, state, batches.get_state())
-    if stopping and step < total:
-      break
-  bar.close()
-  checkpointer.close()
+  stopped_early = stopper.enabled and stopper.state["stopped"]
+  try:
+    while step < total and not stopped_early:
+      step += 1
+      batch = exp.to_device(next(batches))
+      if report is None:  # compile before step 1, and say what the step costs
+        step_fn, report = profile.compile_ahead(step_fn, state, batch, loops=loops)
+        log.info("%s", report.summary())
+        write_json(os.path.join(workdir, "compile.json"),
+                   dict(dataclasses.asdict(report), peak_bytes=report.peak_bytes,
+                        peak_flops_per_device=peak, mesh=dict(exp.mesh.shape),
+                        params_trainable=setup.num_trainable, params_total=setup.num_total))
+        window_start = time.perf_counter()
+      state, metrics = step_fn(state, batch)
+      pending.append((step, metrics))
+      bar.update(1)
+      if step % config.log_every_steps == 0 or step == total:
+        # Every save happens at a log step (validate), after this check of the window.
+        fetched = [(s, m) for s, m in jax.device_get(pending)]
+        elapsed = time.perf_counter() - window_start
+        scalars = window_scalars(fetched, grad_names, skip_nonfinite, checkpointer, workdir)
+        scalars["train/steps_per_sec"] = len(fetched) / elapsed
+        utilisation = profile.mfu(report, elapsed / len(fetched), peak)
+        if utilisation is not None:
+          scalars["train/mfu"] = utilisation
+        writer.write(step, scalars)
+        if "train/loss" in scalars:
+          bar.set_postfix(loss=f"{scalars['train/loss']:.4f}",
+                          steps_per_s=f"{scalars['train/steps_per_sec']:.1f}")
+        pending, window_start = [], time.perf_counter()
+      if config.evals.every_steps and step % config.evals.every_steps == 0 and step < total:
+        results = run_evaluators(evaluators, state.params)
+        writer.write(step, scalar_metrics(results))
+        if stopper.enabled:
+          if stopper.update(step, results):
+            best_checkpointer.save(step, state, batches.get_state(), meta())
+          stopped_early = stopper.state["stopped"]
+          if stopped_early:
+            log.info("early stopping at step %d: %s has not improved on %.6g (step %d) for "
+                     "%d evaluations", step, config.early_stopping.metric,
+                     stopper.state["best"], stopper.state["best_step"], stopper.patience)
+      # An early stop waits for a log step, so no logged average is cut in two.
+      stopping = (stop_after_steps is not None and step - start >= stop_after_steps
+                  and step % config.log_every_steps == 0)
+      if (step % config.checkpoint.every_steps == 0 or step == total or stopping
+          or stopped_early):
+        checkpointer.save(step, state, batches.get_state(), meta())
+      if stopping and step < total and not stopped_early:
+        break
+  finally:
+    bar.close()
+    checkpointer.close()  # waits for the saves in flight: the last good one is complete
+    if best_checkpointer is not None:
+      best_checkpointer.close()
 
-  if step < total:
+  if step < total and not stopped_early:
     writer.close()
     log.info("stopped at step %d of %d; run the same command to continue", step, total)
     return {}
   results = run_evaluators(evaluators, state.params)
-  if start < total:  # a finished run started again is only re-evaluated
+  if step > start:  # a finished run started again is only re-evaluated
     writer.write(step, scalar_metrics(results))
   writer.close()
-  write_json(os.path.join(workdir, "eval.json"), {"step": step, **results})
+  extra = {"early_stopping": stopper.state} if stopper.enabled else {}
+  write_json(os.path.join(workdir, "eval.json"), {"step": step, **extra, **results})
   return results
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Evaluates the newest checkpoint in `workdir` on `config.evals.splits`."""
+def gradient_names(params: Any, trainable: Any) -> list[str]:
+  """Paths of the trainable parameters in the order of the gradient tree's leaves."""
+  train_params = params if trainable is None else param_rules.split_params(params, trainable)[0]
+  return ["/".join(str(getattr(k, "key", k)) for k in path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(train_params)[0]]
+
+
+def window_scalars(fetched: list[tuple[int, dict[str, Any]]], grad_names: list[str],
+                   skip_nonfinite: bool, checkpointer: Checkpointer, workdir: str
+                   ) -> dict[str, float]:
+  """Means of one log window's step metrics as `train/...` scalars.
+
+  A step with a non-finite loss or gradient raises NonFiniteError (its report is also
+  written to `<workdir>/nonfinite.json`) or, with `skip_nonfinite`, is left out of the
+  means and counted in `train/skipped_steps` with a warning.
+  """
+  bad = [(s, m) for s, m in fetched if m["nonfinite"]]
+  if bad and not skip_nonfinite:
+    step, metrics = bad[0]
+    checkpointer.manager.wait_until_finished()
+    report = nonfinite_report(step, metrics, grad_names, checkpointer.latest_step(),
+                              checkpointer.directory)
+    write_json(os.path.join(workdir, "nonfinite.json"), report)
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in report["loss_terms"].items())
+    raise NonFiniteError(
+        f"non-finite training step {step}: {terms}; first non-finite gradient: "
+        f"{report['first_nonfinite_gradient'] or 'none (the loss itself)'} "
+        f"({report['nonfinite_gradients']} of {len(grad_names)} parameters); last good "
+        f"checkpoint: {report['last_good_checkpoint'] or 'none'}; details in "
+        f"{os.path.join(workdir, 'nonfinite.json')}; config.skip_nonfinite_steps=True skips "
+        "such updates instead", report)
+  for step, metrics in bad:
+    report = nonfinite_report(step, metrics, grad_names, None, "")
+    log.warning("step %d: non-finite loss or gradient (first: %s); update skipped", step,
+                report["first_nonfinite_gradient"] or "the loss")
+  good = [m for s, m in fetched if not m["nonfinite"]]
+  keys = [k for k in fetched[0][1] if k not in ("nonfinite", "nonfinite_grad",
+                                                "nonfinite_grads")]
+  scalars = {f"train/{k}": float(np.mean([m[k] for m in good])) for k in keys} if good else {}
+  if skip_nonfinite:
+    scalars["train/skipped_steps"] = float(len(bad))
+  return scalars
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "latest"
+             ) -> dict[str, Any]:
+  """Evaluates a checkpoint of `workdir` on `config.evals.splits`: the newest one
+  ("latest", results in `eval.json`) or early stopping's best ("best", `eval_best.json`)."""
+  if checkpoint not in ("latest", "best"):
+    raise ConfigError(f"--checkpoint={checkpoint}: expected latest or best")
   exp = build_experiment(config)
-  checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep)
-  latest = checkpointer.latest_step()
-  if latest is None:
-    raise ConfigError(f"--workdir {workdir}: no checkpoint to evaluate in "
-                      f"{checkpointer.directory}")
+  subdir = "checkpoints" if checkpoint == "latest" else "best"
+  checkpointer = Checkpointer(workdir, keep=config.checkpoint.keep, subdir=subdir)
   state, setup = create_state(exp, initial_params(exp, pretrained=False))
-  state, _ = checkpointer.restore(latest, state)
+  restored = checkpointer.restore_latest(state)
   checkpointer.close()
+  if restored is None:
+    hint = " (written when config.early_stopping is set)" if checkpoint == "best" else ""
+    raise ConfigError(f"--workdir {workdir}: no {checkpoint} checkpoint to evaluate in "
+                      f"{checkpointer.directory}{hint}")
+  step, state = restored[:2]
   results = run_evaluators(
       make_evaluators(exp, setup.shardings.params, setup.model_params), state.params)
-  write_json(os.path.join(workdir, "eval.json"), {"step": latest, **results})
+  name = "eval.json" if checkpoint == "latest" else "eval_best.json"
+  write_json(os.path.join(workdir, name), {"step": step, **results})
   return results

@@ -35,6 +35,7 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
                     model_params: Callable[[Any], Any] = identity,
                     accum_steps: int = 1,
                     mesh: Mesh | None = None,
+                    skip_nonfinite: bool = False,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """One optimizer step on a global batch. Metrics are means over the global batch.
 
@@ -62,6 +63,14 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
       Micro-batch i's dropout key is `fold_in(fold_in(rng, step), 2 + i)`.
     mesh: the mesh the step runs on; activations are constrained to its batch axes at
       every Transformer block boundary (`layers.constrain_batch`).
+    skip_nonfinite: a step whose loss or gradient norm is not finite leaves the
+      parameters and optimizer state as they were (the step counter still advances, so
+      the next step reads the next batch and draws new randomness).
+
+  Besides the task's metrics, the step reports `nonfinite` (1 when the loss or gradient
+  norm is not finite), `nonfinite_grads` (how many gradient arrays hold a NaN or inf)
+  and `nonfinite_grad` (the index of the first, in the gradient tree's leaf order; -1
+  when none), which the loop turns into a stop with a report or a skipped update.
   """
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -107,11 +116,22 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
                                          (jnp.arange(accum_steps), micro_batches))
       grads, metrics = jax.tree.map(lambda x: x / accum_steps, (grads, metrics))
     updates, opt_state = tx.update(grads, state.opt_state, train_params)
-    train_params = optax.apply_updates(train_params, updates)
-    params = train_params if trainable is None else merge_params(train_params, frozen)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
+    new_train_params = optax.apply_updates(train_params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+      new_train_params, opt_state = jax.tree.map(
+          lambda new, old: jnp.where(finite, new, old),
+          (new_train_params, opt_state), (train_params, state.opt_state))
+    params = new_train_params if trainable is None else merge_params(new_train_params, frozen)
+    leaf_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    metrics = dict(metrics, grad_norm=grad_norm,
                    param_norm=optax.tree.norm(params),
-                   learning_rate=schedule(state.step))
+                   learning_rate=schedule(state.step),
+                   nonfinite=(~finite).astype(jnp.int32),
+                   nonfinite_grads=jnp.sum(~leaf_finite).astype(jnp.int32),
+                   nonfinite_grad=jnp.where(jnp.all(leaf_finite), -1,
+                                            jnp.argmin(leaf_finite)).astype(jnp.int32))
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step

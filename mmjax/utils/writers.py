@@ -13,8 +13,9 @@ class MetricWriter:
   """Writes scalars to `<workdir>/metrics.jsonl` and `<workdir>/tensorboard/`.
 
   Only process 0 writes. With `resume_step`, records after that step (written by an
-  interrupted run past its last checkpoint) are dropped from `metrics.jsonl` and purged
-  from TensorBoard, so a resumed run's logs match an uninterrupted run's.
+  interrupted run past its last checkpoint, and a line cut short by a kill) are dropped
+  from `metrics.jsonl` and purged from TensorBoard, so a resumed run's logs match an
+  uninterrupted run's.
   """
 
   def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int | None = None):
@@ -33,8 +34,15 @@ class MetricWriter:
   def truncate_after(self, step: int) -> None:
     if not os.path.exists(self.path):
       return
+    kept = []
     with open(self.path, encoding="utf-8") as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:  # the last line of a process killed while writing it
+          continue
+        if record["step"] <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
     tmp = self.path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
       f.writelines(kept)

@@ -45,6 +45,8 @@ class EduBehaviour(tfds.core.GeneratorBasedBuilder):
   SEED = 20261215
   SPLITS: ClassVar[dict[str, int]] = {"train": 20_000, "validation": 2_000, "test": 2_000}
   VOCAB_SIZE = 512
+  # Hz of `audio`; pipeline.make_preprocessor checks config.model.audio.sample_rate.
+  audio_sample_rate = behaviour.SAMPLE_RATE
 
   def _info(self) -> tfds.core.DatasetInfo:
     cue = lambda: tfds.features.ClassLabel(names=list(behaviour.CUES))  # noqa: E731

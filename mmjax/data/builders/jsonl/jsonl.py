@@ -9,12 +9,14 @@ are skipped; lines are counted from 1, blank ones included, for error messages):
 
   split      required: "train", "validation" or "test" (the row's split; `train` must
              have rows, and its texts give the WordPiece vocabulary)
-  text       a string: the text input of a classification row
-  image      a path relative to DIR: an image PIL reads (png, jpg, ...), converted to RGB
-             and resized (bilinear) to dataset.json's `image_size`
+  text       a string, not empty: the text input of a classification row
+  image      a path relative to DIR: an image PIL reads (png, jpg, ...) of 8 or 16 bits
+             per channel, converted to RGB and resized (bilinear) to dataset.json's
+             `image_size` (one warning per build counts the images resized)
   audio      a path relative to DIR: an integer PCM .wav (8/16/24/32-bit, read with the
              standard `wave` module), averaged to mono, resampled (band-limited) to
-             `audio_sample_rate`, then cut or zero-padded to `audio_seconds`
+             `audio_sample_rate` (one warning per build counts the files resampled), then
+             cut or zero-padded to `audio_seconds`
 
 and one kind of target for the whole file, fixed by the first row:
 
@@ -22,8 +24,8 @@ and one kind of target for the whole file, fixed by the first row:
                    the inputs the first row has (any non-empty subset of text, image,
                    audio).
       {"split": "train", "text": "three corners", "image": "img/t1.png", "label": "triangle"}
-  multiple choice  `question` (string, required), `context` (string, optional),
-                   `choices` (a list of at least 2 strings, no line breaks), `answer`
+  multiple choice  `question` (string, not empty), `context` (string, optional),
+                   `choices` (a list of at least 2 non-empty strings, no line breaks), `answer`
                    (the index of the right choice, or its text), `image` optional per
                    row; no `text` or `audio`.
       {"split": "test", "question": "How many corners?", "choices": ["3", "4"], "answer": 0}
@@ -33,7 +35,7 @@ object with any of:
 
   labels             class names, in class-id order (a row's label outside it is an error)
   image_size         [height, width] every image is resized to; default [32, 32]
-  audio_sample_rate  Hz; default 16000
+  audio_sample_rate  Hz; default 16000 (a run's config.model.audio.sample_rate must equal it)
   audio_seconds      stored waveform length; default 1.0
   vocab_size         WordPiece vocabulary size; default 4096
   description        free text, kept as the dataset's description
@@ -48,8 +50,9 @@ A WordPiece `tokenizer.json` is built from the train split's texts (classificati
 `text`; multiple choice: question, context and choices).
 
 Checking comes first: `config.data.path` missing, a missing file, malformed JSON, a
-missing or unknown field, a wrong type, an unknown label or an unreadable image or audio
-file is a one-line ConfigError naming the file, line and field, e.g.
+missing or unknown field, a wrong type, an empty text, an unknown label, an unreadable
+image or audio file, or an image of 32-bit pixels is a one-line ConfigError naming the
+file, line and field, e.g.
   .../data.jsonl line 17, field 'image': no such file 'imgs/x.png'
 raised before anything is written. Files are checked to exist on every open; images and
 audio are decoded (and so checked) when the dataset is built.
@@ -63,6 +66,7 @@ rows name: editing any of them builds afresh on the next run (old builds stay in
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import ml_collections
@@ -74,6 +78,8 @@ from mmjax.data.builders.jsonl import reader
 from mmjax.data.tokenizer import build_wordpiece
 
 TOKENIZER_FILE = "tokenizer.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(eq=False)
@@ -106,6 +112,12 @@ class Jsonl(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
+
+  @property
+  def audio_sample_rate(self) -> int:
+    """Hz of the stored `audio` (dataset.json's `audio_sample_rate`), which
+    pipeline.make_preprocessor checks against `config.model.audio.sample_rate`."""
+    return self.builder_config.spec.audio_sample_rate
 
   @classmethod
   def builder_kwargs(cls, data_config: ml_collections.ConfigDict) -> dict:
@@ -156,8 +168,20 @@ class Jsonl(tfds.core.GeneratorBasedBuilder):
     table = config.table
     # Decode every file once before anything is written, so a bad file anywhere is one
     # clear error and never a half-written dataset.
+    resized, resampled = [], []
     for row in table.rows:
-      self._media(row)
+      self._media(row, resized, resampled)
+    spec, data_file = config.spec, os.path.join(config.path, reader.DATA_FILE)
+    if resized:
+      log.warning("%s: %d of %d images are not %dx%d (dataset.json image_size [%d, %d]) and "
+                  "were resized (bilinear), first: %s", data_file, len(resized),
+                  sum(row.image is not None for row in table.rows), spec.image_size[1],
+                  spec.image_size[0], *spec.image_size, resized[0])
+    if resampled:
+      log.warning("%s: %d of %d audio files are not at %d Hz (dataset.json audio_sample_rate) "
+                  "and were resampled, first: %s", data_file, len(resampled),
+                  sum(row.audio is not None for row in table.rows), spec.audio_sample_rate,
+                  resampled[0])
     texts = [text for row in table.rows if row.split == "train" for text in self._texts(row)]
     if "text" in table.inputs:
       try:
@@ -169,14 +193,17 @@ class Jsonl(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples([r for r in table.rows if r.split == split])
             for split in table.split_names()}
 
-  def _media(self, row: reader.Row) -> dict[str, np.ndarray]:
-    """The row's decoded image and audio (those it has)."""
+  def _media(self, row: reader.Row, resized: list[str] | None = None,
+             resampled: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The row's decoded image and audio (those it has); a resized image and a resampled
+    audio file are noted in `resized` and `resampled`."""
     spec, path = self.builder_config.spec, self.builder_config.path
     out = {}
     if row.image is not None:
-      out["image"] = reader.load_image(path, row, spec.image_size)
+      out["image"] = reader.load_image(path, row, spec.image_size, resized)
     if row.audio is not None:
-      out["audio"] = reader.load_audio(path, row, spec.audio_sample_rate, spec.audio_samples)
+      out["audio"] = reader.load_audio(path, row, spec.audio_sample_rate, spec.audio_samples,
+                                       resampled)
     return out
 
   def _example(self, row: reader.Row) -> dict:

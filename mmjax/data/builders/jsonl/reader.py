@@ -162,6 +162,15 @@ def _string(record: dict, field: str, where: str, required: bool) -> str | None:
   return value
 
 
+def _words(record: dict, field: str, where: str, required: bool) -> str | None:
+  """A string field that must hold some text (not empty or only whitespace)."""
+  value = _string(record, field, where, required)
+  if value is not None and not value.strip():
+    raise ConfigError(f"{where}, field '{field}': empty; expected some text, got "
+                      f"{json.dumps(value)}")
+  return value
+
+
 def _file(directory: str, record: dict, field: str, where: str) -> str | None:
   path = _string(record, field, where, required=False)
   if path is None:
@@ -196,9 +205,9 @@ def _row(directory: str, record: dict, line: int, where: str, kind: str,
     if name not in spec.labels:
       raise ConfigError(f"{where}, field 'label': unknown label '{name}'; {SPEC_FILE} "
                         f"declares {', '.join(spec.labels)}")
-    return Row(line, split, text=_string(record, "text", where, required=False), image=image,
+    return Row(line, split, text=_words(record, "text", where, required=False), image=image,
                audio=_file(directory, record, "audio", where), label=spec.labels.index(name))
-  question = _string(record, "question", where, required=True)
+  question = _words(record, "question", where, required=True)
   context = _string(record, "context", where, required=False) or ""
   if "choices" not in record:
     raise ConfigError(f"{where}, field 'choices': missing")
@@ -207,6 +216,10 @@ def _row(directory: str, record: dict, line: int, where: str, kind: str,
       not all(isinstance(c, str) for c in choices)):
     raise ConfigError(f"{where}, field 'choices': expected a list of at least 2 strings, got "
                       f"{_one_line(json.dumps(choices))[:80]}")
+  empty = [i for i, choice in enumerate(choices) if not choice.strip()]
+  if empty:
+    raise ConfigError(f"{where}, field 'choices': choice {empty[0]} is empty; expected some "
+                      "text in every choice")
   if any("\n" in choice for choice in choices):
     raise ConfigError(f"{where}, field 'choices': a choice contains a line break (choices "
                       "are stored joined by line breaks)")
@@ -308,20 +321,44 @@ def fingerprint(directory: str, table: Table, data: bytes, spec: bytes | None) -
   return digest.hexdigest()[:16]
 
 
-def load_image(directory: str, row: Row, size: tuple[int, int]) -> np.ndarray:
-  """The row's image as uint8 [H, W, 3] (RGB; grey and palette images converted, alpha
-  dropped), resized to `size` = (H, W) with bilinear filtering when it differs."""
+# Pillow modes of more than 8 bits per pixel that convert("RGB") would clip, not scale.
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_NO_RANGE = {"I": "32-bit integer", "F": "32-bit float"}
+
+
+def load_image(directory: str, row: Row, size: tuple[int, int],
+               notes: list[str] | None = None) -> np.ndarray:
+  """The row's image as uint8 [H, W, 3] (RGB; grey, palette, CMYK, ... converted, alpha
+  dropped, 16-bit grey scaled to 8 bits), resized to `size` = (H, W) with bilinear
+  filtering when it differs; then "line N 'file' WxH" is appended to `notes`.
+
+  A 32-bit integer or float image (Pillow mode I or F) has no fixed range to map to 8
+  bits: a ConfigError naming the file, line and mode."""
   from PIL import Image
 
+  where = f"{os.path.join(directory, DATA_FILE)} line {row.line}, field 'image'"
   try:
     with Image.open(os.path.join(directory, row.image)) as image:
+      image.load()
+      if image.mode in _NO_RANGE:
+        raise ConfigError(f"{where}: '{row.image}' has {_NO_RANGE[image.mode]} pixels "
+                          f"(mode {image.mode}), which do not convert to 8-bit RGB; expected "
+                          "an 8-bit or 16-bit grey, palette or colour image")
+      if image.mode in _SIXTEEN_BIT:
+        high = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
+        image = Image.fromarray(high, mode="L")
+      original = image.size
       image = image.convert("RGB")
       if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        if notes is not None:
+          notes.append(f"line {row.line} '{row.image}' {original[0]}x{original[1]}")
       return np.asarray(image, dtype=np.uint8)
   except (OSError, ValueError, SyntaxError) as e:
-    raise ConfigError(f"{os.path.join(directory, DATA_FILE)} line {row.line}, field 'image': "
-                      f"cannot read '{row.image}' as an image ({_one_line(e)})") from None
+    if isinstance(e, ConfigError):
+      raise
+    raise ConfigError(f"{where}: cannot read '{row.image}' as an image ({_one_line(e)})"
+                      ) from None
 
 
 _PCM_SCALE = {1: 128.0, 2: 32768.0, 3: 8388608.0, 4: 2147483648.0}
@@ -366,13 +403,16 @@ def resample(waveform: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
   return (np.fft.irfft(kept, length) * (length / len(waveform))).astype(np.float32)
 
 
-def load_audio(directory: str, row: Row, rate: int, samples: int) -> np.ndarray:
-  """The row's .wav as mono float32 [samples] at `rate` Hz: resampled, then cut or padded
-  with zeros at its end."""
+def load_audio(directory: str, row: Row, rate: int, samples: int,
+               notes: list[str] | None = None) -> np.ndarray:
+  """The row's .wav as mono float32 [samples] at `rate` Hz: resampled (then "line N
+  'file' R Hz" is appended to `notes`), then cut or padded with zeros at its end."""
   try:
     waveform, file_rate = decode_wav(os.path.join(directory, row.audio))
   except (wave.Error, EOFError, OSError, ValueError) as e:
     raise ConfigError(f"{os.path.join(directory, DATA_FILE)} line {row.line}, field 'audio': "
                       f"cannot read '{row.audio}' as PCM .wav audio ({_one_line(e)})") from None
+  if file_rate != rate and notes is not None:
+    notes.append(f"line {row.line} '{row.audio}' {file_rate} Hz")
   waveform = resample(waveform, file_rate, rate)[:samples]
   return np.pad(waveform, (0, samples - len(waveform)))
