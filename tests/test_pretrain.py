@@ -252,5 +252,9 @@ def test_init_from_with_other_shapes_names_every_mismatch(pretrain_workdir, data
   with pytest.raises(ConfigError, match=r"config.init_from: \d+ parameter\(s\) .* other shapes"
                      r".*fusion/cross_encoder/block_0/mlp/fc1/kernel \(32, 128\) vs \(32, 48\)"):
     loop.initial_params(exp)
+  workdir = os.path.join(os.path.dirname(pretrain_workdir), "mismatched")
+  with pytest.raises(ConfigError, match="other shapes"):
+    loop.train(config, workdir)
+  assert not os.path.exists(workdir)  # nothing written before the check
   with pytest.raises(ConfigError, match="no mmjax checkpoint"):
     checkpoint.read_params(os.path.dirname(pretrain_workdir))

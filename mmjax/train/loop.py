@@ -510,7 +510,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     batches.set_state(data_state)
     if stopper.enabled and meta.get("early_stopping"):
       stopper.state = dict(meta["early_stopping"])
-  writer = MetricWriter(workdir, resume_step=start if restored is not None else None)
+  # Records past the step training starts from go: those of an interrupted run after its
+  # last checkpoint, or all of them when no checkpoint was complete (killed during the
+  # first save), so a rerun never logs a step twice.
+  writer = MetricWriter(workdir, resume_step=start)
   train_step = make_train_step(exp.model, exp.task, setup.tx, setup.schedule,
                                jax.random.fold_in(jax.random.key(config.seed), 1),
                                trainable=setup.trainable, model_params=setup.model_params,
