@@ -392,6 +392,10 @@ def headline(config: ml_collections.ConfigDict, results: dict[str, dict[str, Any
   return config.evals.headline, float(results[split][metric])
 
 
+# The step's health flags (`step.make_train_step`): read by the loop, not logged as means.
+NONFINITE_KEYS = ("nonfinite", "nonfinite_grads", "nonfinite_grad")
+
+
 class NonFiniteError(RuntimeError):
   """A training step produced a non-finite loss or gradient; the message is one line and
   `report` has the details (also written to `<workdir>/nonfinite.json`)."""
@@ -555,7 +559,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
       bar.update(1)
       if step % config.log_every_steps == 0 or step == total:
         # Every save happens at a log step (validate), after this check of the window.
-        fetched = [(s, m) for s, m in jax.device_get(pending)]
+        fetched = jax.device_get(pending)
         elapsed = time.perf_counter() - window_start
         scalars = window_scalars(fetched, grad_names, skip_nonfinite, checkpointer, workdir)
         scalars["train/steps_per_sec"] = len(fetched) / elapsed
@@ -637,12 +641,11 @@ def window_scalars(fetched: list[tuple[int, dict[str, Any]]], grad_names: list[s
         f"{os.path.join(workdir, 'nonfinite.json')}; config.skip_nonfinite_steps=True skips "
         "such updates instead", report)
   for step, metrics in bad:
-    report = nonfinite_report(step, metrics, grad_names, None, "")
+    index = int(metrics["nonfinite_grad"])
     log.warning("step %d: non-finite loss or gradient (first: %s); update skipped", step,
-                report["first_nonfinite_gradient"] or "the loss")
+                grad_names[index] if index >= 0 else "the loss")
   good = [m for s, m in fetched if not m["nonfinite"]]
-  keys = [k for k in fetched[0][1] if k not in ("nonfinite", "nonfinite_grad",
-                                                "nonfinite_grads")]
+  keys = [k for k in fetched[0][1] if k not in NONFINITE_KEYS]
   scalars = {f"train/{k}": float(np.mean([m[k] for m in good])) for k in keys} if good else {}
   if skip_nonfinite:
     scalars["train/skipped_steps"] = float(len(bad))
