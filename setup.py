@@ -36,7 +36,12 @@ EXTRAS = {
              # Flax BERT/ViT/CLIP references for mmjax.convert parity (gone in transformers 5).
              "transformers>=4.57,<4.58",
              # tests/test_notebooks.py runs notebooks/*.py headless in a Jupyter kernel.
-             "jupytext>=1.16,<1.20", "nbclient>=0.10,<0.12", "ipykernel>=6.29,<8"],
+             "jupytext>=1.16,<1.20", "nbclient>=0.10,<0.12", "ipykernel>=6.29,<8",
+             # tests/test_tracking.py logs to W&B offline and reads the run file back.
+             "wandb>=0.31,<0.32"],
+    # config.wandb: W&B logging (mmjax/utils/writers.py). Tested with 0.31.0; 0.19.11 fails
+    # to import beside protobuf 7.
+    "wandb": ["wandb>=0.31,<0.32"],
     "notebooks": ["matplotlib>=3.8,<3.12", "jupytext>=1.16,<1.20", "nbclient>=0.10,<0.12",
                   "ipykernel>=6.29,<8"],
     # experiments/benchmark.py: the Hugging Face ViLT (PyTorch) peer. torch 2.4 is the first

@@ -113,7 +113,7 @@ def did_you_mean(name: str, candidates) -> str:
 def modalities(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The modalities a run uses, from the comma-separated `config.model.modalities`."""
   names = tuple(m.strip() for m in config.model.modalities.split(",") if m.strip())
-  known = ("image", "text", "audio")
+  known = ("image", "text", "audio", "video")
   for name in names:
     if name not in known:
       raise ConfigError(

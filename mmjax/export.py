@@ -135,8 +135,9 @@ def export(workdir: str, out_dir: str | None = None, *, quantize: str | None = N
     raise ConfigError(f"mmjax export: only classification tasks export, not "
                       f"{type(exp.task).__name__} ({config.task.name})")
   modalities = [m for m in ("image", "text") if m in exp.preprocessor.fields]
-  if "audio" in exp.preprocessor.fields:
-    raise ConfigError("mmjax export: audio inputs are not supported")
+  for modality in ("audio", "video"):
+    if modality in exp.preprocessor.fields:
+      raise ConfigError(f"mmjax export: {modality} inputs are not supported")
 
   params = checkpoint_lib.read_params(workdir)
   if exp.finetune.mode == "lora":

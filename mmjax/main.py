@@ -2,7 +2,8 @@
 
 Also `python -m mmjax.main ...`. `train` (the default) resumes from the newest
 checkpoint in DIR (after a kill -9 too: the result is bit-identical to an uninterrupted
-run); `eval` evaluates it, or with `--checkpoint best` early stopping's best checkpoint.
+run); `eval` evaluates it, or with `--checkpoint best` early stopping's best checkpoint
+(without --config, eval reads the config from `DIR/config.json`).
 A training step with a non-finite loss or gradient ends the run with one line naming
 the step, the loss terms and the first non-finite gradient, and exit status 1; the last
 good checkpoint stays (`--config.skip_nonfinite_steps=True` skips such updates instead).
@@ -10,6 +11,16 @@ good checkpoint stays (`--config.skip_nonfinite_steps=True` skips such updates i
   mmjax export --workdir DIR [--quantize int8] [--export_dir OUT] [--platforms cpu,cuda]
   mmjax predict --workdir DIR --image a.png --text "What is 3 + 4?"
   mmjax predict --workdir DIR --jsonl inputs.jsonl
+
+  mmjax eval --workdir A --workdir B [--workdir C ...] [--out DIR]
+  mmjax soup --workdir A --workdir B [...] --out DIR [--greedy [--greedy_metric M]]
+
+`eval` with several workdirs evaluates the ensemble that averages their logits, and each
+run alone (`DIR/eval_ensemble.json`, DIR the first workdir unless --out); `soup` writes the
+average of their weights as a new workdir --out, which `eval`, `export` and `predict` read
+like any run, and evaluates it (see mmjax/ensemble.py). Both rebuild each run from its
+`config.json`; --config, if given, only supplies the evaluation setup (`config.evals`,
+`config.data.data_dir`).
 
 `export` writes the newest checkpoint of DIR as a `jax.export` artifact with its
 tokenizer and preprocessing (`DIR/export`, see mmjax/export.py; the config comes from
@@ -35,16 +46,26 @@ from ml_collections import config_flags
 
 from mmjax.config import ConfigError, config_from_file, did_you_mean
 
-COMMANDS = ("train", "eval", "export", "predict")
+COMMANDS = ("train", "eval", "export", "predict", "soup")
 # Commands that read their config from `<workdir>/config.json` (or need none).
-NO_CONFIG_COMMANDS = ("export", "predict")
+NO_CONFIG_COMMANDS = ("eval", "export", "predict", "soup")
+# Commands that take several --workdir (an ensemble, a soup).
+MULTI_WORKDIR_COMMANDS = ("eval", "soup")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config: path/to/config.py[:arg]. Fields can be overridden "
     "with --config.field=value.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
+_WORKDIR = flags.DEFINE_multi_string(
+    "workdir", None, "Directory for checkpoints, logs and results; eval (an ensemble) and "
+    "soup take several.")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "latest", ["latest", "best"],
-                                "eval: the newest checkpoint or early stopping's best.")
+                                "eval, soup: the newest checkpoint or early stopping's best.")
+_OUT = flags.DEFINE_string("out", None, "soup: the new workdir (required); eval with several "
+                           "--workdir: where eval_ensemble.json goes (default the first).")
+_GREEDY = flags.DEFINE_bool("greedy", False, "soup: rank the runs by --greedy_metric and add "
+                            "each only if the soup's value does not drop.")
+_GREEDY_METRIC = flags.DEFINE_string("greedy_metric", "validation/accuracy",
+                                     "soup --greedy: '<split>/<metric>', higher is better.")
 _EXPORT_DIR = flags.DEFINE_string(
     "export_dir", None, "export/predict: the export directory (default <workdir>/export).")
 _QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "int8"],
@@ -114,6 +135,12 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail("--workdir is required: the directory for checkpoints, logs and results")
   if len(rest) > 2 or (len(rest) == 2 and rest[1] not in COMMANDS):
     _fail(f"unknown command {' '.join(rest[1:])!r}; expected one of {', '.join(COMMANDS)}")
+  command = rest[1] if len(rest) == 2 else "train"
+  if len(_WORKDIR.value) > 1 and command not in MULTI_WORKDIR_COMMANDS:
+    _fail(f"--workdir: {command} takes one workdir (given {len(_WORKDIR.value)}); only eval "
+          "(an ensemble) and soup take several")
+  if command == "soup" and not _OUT.value:
+    _fail("soup: --out DIR is required (the new workdir the averaged weights go to)")
   return rest
 
 
@@ -201,10 +228,52 @@ def run_predict(workdir: str) -> None:
     print(_format_prediction(results[0]))
 
 
+def run_ensemble(command: str, workdirs: list[str]) -> None:
+  """`eval` with several workdirs (mean-of-logits ensemble) or `soup`."""
+  from mmjax import ensemble  # noqa: PLC0415
+  from mmjax.train import distributed, loop  # noqa: PLC0415
+
+  started = time.perf_counter()
+  try:
+    distributed.initialize(_CONFIG.value or ensemble.member_config(workdirs[0]))
+    if command == "soup":
+      report = ensemble.make_soup(workdirs, _OUT.value, setup=_CONFIG.value,
+                                  checkpoint=_CHECKPOINT.value, greedy=_GREEDY.value,
+                                  metric=_GREEDY_METRIC.value)
+      config = ensemble.member_config(_OUT.value)
+      results = loop.evaluate(config, _OUT.value)
+    else:
+      report = ensemble.evaluate_ensemble(workdirs, _CONFIG.value,
+                                          checkpoint=_CHECKPOINT.value, out_dir=_OUT.value)
+  except ConfigError as e:
+    _fail(str(e))
+  minutes = (time.perf_counter() - started) / 60
+  if command == "soup":
+    name, value = loop.headline(config, results)
+    kept = [m for m in report["members"] if m.get("kept", True)]
+    print(f"\nSoup ({report['method']}) of {len(kept)} of {len(report['members'])} runs in "
+          f"{os.path.abspath(_OUT.value)} ({minutes:.1f} min):")
+    for member in report["members"]:
+      held_out = (f"  {report['metric']} = {member['metric']:.4f}"
+                  f"{'' if member['kept'] else '  (left out)'}" if "metric" in member else "")
+      print(f"  {member['workdir']}  step {member['step']}{held_out}")
+    print(f"  eval.json      {name} = {value:.4f}  (soup.json: members; checkpoints/)")
+    return
+  name = report["headline"]
+  line = report["summary"].get(name)
+  print(f"\nEnsemble (mean of logits) of {len(workdirs)} runs ({minutes:.1f} min), {name}:")
+  for member, value in zip(report["members"], line["members"] if line else [], strict=False):
+    print(f"  {value:.4f}  {member['workdir']} (step {member['step']})")
+  if line:
+    print(f"  {line['ensemble']:.4f}  ensemble")
+  print(f"  every metric of the ensemble and of each run: {report['path']}")
+
+
 def main(argv: list[str]) -> None:
   command = argv[1] if len(argv) > 1 else "train"
+  workdirs = _WORKDIR.value
   if command == "predict":  # serving only: no training code, no config
-    run_predict(_WORKDIR.value)
+    run_predict(workdirs[0])
     return
   # mmjax reports at INFO; libraries only warnings (at INFO, orbax logs every file it
   # writes). absl.app turns INFO on for everything, so set both explicitly.
@@ -212,14 +281,19 @@ def main(argv: list[str]) -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("mmjax").setLevel(logging.INFO)
   if command == "export":
-    run_export(_WORKDIR.value)
+    run_export(workdirs[0])
+    return
+  if command == "soup" or len(workdirs) > 1:
+    run_ensemble(command, workdirs)
     return
   # Imported here, not at the top: they import jax, and --help should stay fast.
+  from mmjax.analysis import run_config  # noqa: PLC0415
   from mmjax.train import distributed, loop  # noqa: PLC0415
 
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  config, workdir = _CONFIG.value, workdirs[0]
   started = time.perf_counter()
   try:
+    config = config if config is not None else run_config(workdir)  # eval: the run's own
     distributed.initialize(config)  # several processes: before any device is touched
     if command == "train":
       results = loop.train(config, workdir)

@@ -186,6 +186,30 @@ def test_split_slices_are_the_first_examples_in_stored_order(grading):
   assert next(batches)["image"].shape[0] == 16
 
 
+def test_train_groups_keep_every_example_of_the_first_distinct_values(grading):
+  """`config.data.train_groups`: all the questions about the first N images met."""
+  import ml_collections
+  data = ml_collections.ConfigDict(dict(train_split="train[:2000]",
+                                        train_groups=dict(feature="", count=0)))
+  whole = grading.source("train[:2000]")
+  assert len(pipeline.train_source(grading, data)) == 2000  # off while feature is ""
+  data.train_groups = dict(feature="image_id", count=30)
+  part = pipeline.train_source(grading, data)
+  ids = [int(whole[i]["image_id"]) for i in range(len(whole))]
+  first = list(dict.fromkeys(ids))[:30]
+  expected = [i for i, v in enumerate(ids) if v in first]
+  assert len(part) == len(expected) > 30  # several questions per image
+  assert {int(part[j]["image_id"]) for j in range(len(part))} == set(first)
+  for j in (0, len(part) - 1):
+    assert part[j]["question"] == whole[expected[j]]["question"]
+  for groups, message in ((dict(feature="image_id", count=0), "count: expected a positive"),
+                          (dict(feature="pixels", count=3), "has no feature 'pixels'"),
+                          (dict(feature="image_id", count=10**6), r"split 'train\[:2000\]' has")):
+    data.train_groups = groups
+    with pytest.raises(ValueError, match=f"config.data.train_groups.*{message}"):
+      pipeline.train_source(grading, data)
+
+
 def test_unknown_dataset_and_split(grading):
   import ml_collections
   with pytest.raises(ValueError, match="unknown dataset 'mnist'; expected one of .*edu_grading"):

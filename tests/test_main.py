@@ -47,7 +47,7 @@ def test_train_then_eval_through_the_command_line(data_dir, tmp_path):
     (["--config", "configs/edu/grading.py", "--config.data.name=mnist"],
      "mmjax: error: config.data.name: unknown dataset 'mnist'; expected one of easy_vqa, "
      "edu_behaviour, edu_grading, edu_questions, edu_scenes, edu_tracing, jsonl, scienceqa, "
-     "shapes_relational"),
+     "shapes_relational, video_motion"),
     (["--workdir", "/tmp/x"],
      "mmjax: error: --config is required: --config configs/<area>/<experiment>.py[:arg]"),
 ])

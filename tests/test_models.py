@@ -175,8 +175,8 @@ def test_model_modalities_and_heads(modalities, towers, heads):
 def test_head_spec_errors():
   from mmjax.config import ConfigError
   config = model_config()
-  config.heads.digit.input = "video"
-  with pytest.raises(ConfigError, match="heads.digit.input: unknown input 'video'"):
+  config.heads.digit.input = "depth_map"
+  with pytest.raises(ConfigError, match="heads.digit.input: unknown input 'depth_map'"):
     head_specs(config, ("image",), lambda name: 2)
   config = model_config()
   config.heads.label.pooling = "max"

@@ -44,6 +44,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 25k small examples: decode once, keep in memory (a smoke run reads too few to gain).
   c.data.cache = not arg.runlocal
   c.data.train_split = "train"
+  # Train on the examples of the first `count` distinct values of an integer feature (off
+  # while feature is ""): feature="image_id", count=200 keeps every question about 200
+  # handwritten images (experiments/ablations/augment.py).
+  c.data.train_groups = dict(feature="", count=0)
+  # Mirrored handwriting is not the same digit: `flip_lr` in config.augment is refused.
+  c.data.flip_safe = False
   # Dataset feature feeding each batch role: inputs (image, text) and targets (the rest).
   c.data.fields = dict(image="image", text="question", label="label",
                        written_digit="written_digit", answer="answer")
@@ -62,13 +68,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Memory/speed knobs (README "Scale"): remat none|full|dots|dots_no_batch; scan stacks.
   c.model.block = dict(remat="none", scan=False)
   c.model.dropout_rate = 0.0
-  c.model.image = dict(variant="nano/2" if arg.runlocal else "mu/2")
+  # Per tower (and fusion): `dropout_rate` overrides the global rate (None: the global one);
+  # `drop_path_rate` is stochastic depth, the rate of the tower's last block (0: off).
+  rate = lambda: ml_collections.config_dict.placeholder(float)  # noqa: E731  (one each)
+  c.model.image = dict(variant="nano/2" if arg.runlocal else "mu/2", dropout_rate=rate(),
+                       drop_path_rate=0.0)
   # A reference: overriding --config.input.max_text_len resizes the text tower too.
   c.model.text = dict(variant="nano" if arg.runlocal else "mu",
-                      max_len=c.input.get_ref("max_text_len"))
+                      max_len=c.input.get_ref("max_text_len"), dropout_rate=rate(),
+                      drop_path_rate=0.0)
   width = 32 if arg.runlocal else 64
   c.model.fusion = dict(kind="cross_attention", depth=1 if arg.runlocal else 2, width=width,
-                        num_heads=2, mlp_dim=4 * width)
+                        num_heads=2, mlp_dim=4 * width, dropout_rate=rate())
   # Heads: the grade from the fused tokens, plus auxiliary heads that read one tower each:
   # transcribe the handwritten digit (image) and solve the question (text).
   c.model.heads = dict(
@@ -101,4 +112,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A step with a non-finite loss or gradient stops the run with a report (False: the last
   # good checkpoint stays), or its update is skipped and counted (True).
   c.skip_nonfinite_steps = False
+  # Weights & Biases (mmjax/utils/writers.py; off unless `enabled` and `wandb` is installed):
+  # process 0 logs every scalar and the config; the run lives in <workdir>/wandb and resumes
+  # with the workdir. mode: offline (files; `wandb sync` uploads) | online | disabled.
+  c.wandb = dict(enabled=False, project="mmjax", entity="", name="", tags=(), mode="offline")
+  # Training-time augmentation (mmjax/data/augment.py; "" = off): registered ops joined by
+  # "|", drawn from (seed, example position), e.g. "random_resized_crop(scale=(0.7, 1.0))|
+  # color_jitter(0.3)|token_dropout(0.1)"; evaluation is never augmented.
+  c.augment = ""
+  # Adversarial training (mmjax/train/adversarial.py; off while `kind` is ""): "fgm" or
+  # "pgd" perturbs the `modalities`' input embeddings (text tokens; image patches) within a
+  # per-example `norm` ("l2" or "linf") ball of radius `eps`; the loss becomes clean +
+  # `weight` * adversarial (clean=False: adversarial only). PGD takes `steps` steps of
+  # `step_size` (0: 2.5 * eps / steps), from zero or a `random_start`. Scale: one token's
+  # embedding has an L2 norm of about 0.02 * sqrt(width) (0.16 at width 64), and an L2
+  # attack can spend all of eps on one token.
+  c.adversarial = dict(kind="", eps=0.01, steps=3, step_size=0.0, weight=1.0, clean=True,
+                       modalities=("text",), norm="l2", random_start=False)
   return c

@@ -8,11 +8,16 @@ models and notebooks):
   text_mask     bool    [B, T]  True on real tokens
   audio         float32 [B, S]  waveform samples (datasets store them as float32 or int16
                                 PCM, which is scaled to [-1, 1))
+  video         float32 [B, F, H, W, C] in [-1, 1]: F frames in time order (datasets
+                                store them as uint8 [F, H, W, C])
   label         int32   [B]     the main target; other targets (e.g. `written_digit`)
                                 are int32 [B] under their own names
   target_ids    int32   [B, T]  generation (mmjax/tasks/generation.py): the text to write,
   target_mask   bool    [B, T]  [CLS] (BOS) first and [SEP] (EOS) last; True on real tokens
   example_mask  bool    [B]     False on padding examples that fill the last eval batch
+  mix_lambda    float32 [B]     training batches with mixup / cutmix (`config.augment`,
+  mix_<head>    int32   [B]     mmjax/data/augment.py): the example's share of the mix and
+                                the partner's target of each mixed head
 
 Training order is a function of the seed, the step and the global batch size only:
 grain shuffles each epoch afresh from the seed, every process reads its own rows of
@@ -31,6 +36,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grain
 import jax
@@ -45,7 +51,7 @@ from mmjax.data.tokenizer import TextEncoder, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-INPUT_ROLES = ("image", "text", "audio")
+INPUT_ROLES = ("image", "text", "audio", "video")
 
 
 @dataclasses.dataclass
@@ -93,6 +99,50 @@ def _slice_bound(text: str, size: int) -> int | None:
   if not text:
     return None
   return size * int(text[:-1]) // 100 if text.endswith("%") else int(text)
+
+
+def train_source(dataset: Dataset, data_config: ml_collections.ConfigDict) -> Sequence:
+  """The training examples: `data_config.train_split`, reduced by `train_groups` when set.
+
+  `train_groups = dict(feature=NAME, count=N)` keeps the examples whose integer feature
+  NAME takes one of the first N distinct values met in the split's stored order (off
+  while NAME is ""): e.g.
+  dict(feature="image_id", count=200) trains on every question about 200 images (a
+  few-images regime), where a slice `train[:200]` would keep 200 questions.
+  """
+  source = dataset.source(data_config.train_split)
+  groups = dict(data_config.get("train_groups", None) or {})
+  if not groups.get("feature", ""):  # off while the feature is ""
+    return source
+  field = "config.data.train_groups"
+  if set(groups) != {"feature", "count"}:
+    raise ConfigError(f"{field}: expected dict(feature=NAME, count=N), got fields "
+                      f"{', '.join(sorted(groups))}")
+  feature, count = groups["feature"], groups["count"]
+  if feature not in dataset.builder.info.features:
+    raise ConfigError(f"{field}.feature: dataset '{dataset.name}' has no feature '{feature}'; "
+                      f"it has {', '.join(dataset.builder.info.features)}")
+  if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    raise ConfigError(f"{field}.count: expected a positive integer, got {count!r}")
+  values = [int(np.asarray(source[i][feature])) for i in range(len(source))]
+  kept = set(list(dict.fromkeys(values))[:count])  # the first `count` distinct values
+  if len(kept) < count:
+    raise ConfigError(f"{field}.count: {count} values of '{feature}' asked for; split "
+                      f"'{data_config.train_split}' has {len(kept)}")
+  return SubsetSource(source, [i for i, value in enumerate(values) if value in kept])
+
+
+class SubsetSource:
+  """The examples of a data source at `indices`, in that order; itself a data source."""
+
+  def __init__(self, source: Sequence, indices: Sequence[int]):
+    self._source, self._indices = source, list(indices)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int) -> dict:
+    return self._source[self._indices[index]]
 
 
 class SliceSource:
@@ -209,7 +259,8 @@ class Preprocessor:
 
   `fields` maps batch roles to the dataset's feature names, e.g. {"image": "image",
   "text": "question", "label": "label", "written_digit": "written_digit"}. The roles
-  `image`, `text` and `audio` are inputs; every other role is an int32 target of that name.
+  `image`, `text`, `audio` and `video` are inputs; every other role is an int32 target of
+  that name.
   """
 
   def __init__(self, fields: dict[str, str], text_encoder: TextEncoder | None, *,
@@ -227,7 +278,8 @@ class Preprocessor:
     """Keys of the arrays that go to the device."""
     inputs = (("image",) if "image" in self.fields else ()) + (
         ("text_ids", "text_mask") if "text" in self.fields else ()) + (
-        ("audio",) if "audio" in self.fields else ())
+        ("audio",) if "audio" in self.fields else ()) + (
+        ("video",) if "video" in self.fields else ())
     return inputs + self.targets + ("example_mask",)
 
   @property
@@ -246,6 +298,9 @@ class Preprocessor:
       audio = np.asarray(raw[self.fields["audio"]])
       out["audio"] = (audio.astype(np.float32) / 32768.0 if audio.dtype == np.int16
                       else audio.astype(np.float32))
+    if "video" in self.fields:  # uint8 frames, scaled like images
+      out["video"] = np.asarray(raw[self.fields["video"]]).astype(np.float32) * (
+          2.0 / 255.0) - 1.0
     return out
 
   def collate(self, examples: Sequence[dict]) -> dict[str, np.ndarray]:
@@ -257,6 +312,8 @@ class Preprocessor:
       batch.update(self.text_encoder([e["text"] for e in examples]))
     if "audio" in self.fields:
       batch["audio"] = np.stack([e["audio"] for e in examples])
+    if "video" in self.fields:
+      batch["video"] = np.stack([e["video"] for e in examples])
     return batch
 
 
@@ -358,8 +415,8 @@ def _rows_of_global_batches(global_batch_size: int, rows: tuple[int, int]):
 
 
 def train_iterator(source: Sequence, preprocessor: Preprocessor, *, global_batch_size: int,
-                   seed: int, num_threads: int = 2, rows: tuple[int, int] | None = None
-                   ) -> grain.DatasetIterator:
+                   seed: int, num_threads: int = 2, rows: tuple[int, int] | None = None,
+                   augmenter: Any = None) -> grain.DatasetIterator:
   """An endless iterator of this process's rows `rows` (default: an equal share per process) of the
   shuffled global training batches.
 
@@ -367,14 +424,21 @@ def train_iterator(source: Sequence, preprocessor: Preprocessor, *, global_batch
   number of processes or devices, so any topology trains on the same batches; each
   process reads and preprocesses only its own rows. `iterator.get_state()` /
   `set_state()` give its position for checkpoints.
+
+  `augmenter` (`augment.from_config`, None: off) augments each example with draws seeded
+  by its position in the global stream, so augmentation keeps all of the above.
   """
   start, stop = _rows_or_equal_share(global_batch_size, rows)
   stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
   index = _rows_of_global_batches(global_batch_size, (start, stop))
-  dataset = (grain.MapDataset.range(len(stream) // global_batch_size * (stop - start))
-             .map(lambda j: stream[index(j)])
-             .map(preprocessor.example)
-             .batch(stop - start, drop_remainder=True, batch_fn=preprocessor.collate))
+  examples = grain.MapDataset.range(len(stream) // global_batch_size * (stop - start))
+  if augmenter is None:
+    dataset = (examples.map(lambda j: stream[index(j)])
+               .map(preprocessor.example)
+               .batch(stop - start, drop_remainder=True, batch_fn=preprocessor.collate))
+  else:
+    dataset = (examples.map(lambda j: augmenter.example(stream[index(j)], index(j), source))
+               .batch(stop - start, drop_remainder=True, batch_fn=augmenter.collate))
   read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=8)
   return iter(dataset.to_iter_dataset(read_options))
 

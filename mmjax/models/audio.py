@@ -2,9 +2,14 @@
 
 Waveforms -> log-mel or MFCC features (`features.py`) -> non-overlapping time x frequency
 patches (a Conv with stride = patch) -> [CLS] + learned positional embeddings -> `Encoder`.
+In training, `spec_augment` masks runs of frames and feature bins (SpecAugment) between the
+features and the patches: the only place the spectrogram exists (the data pipeline carries
+waveforms; its host-side audio op is `gain`, mmjax/data/augment.py).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -17,6 +22,7 @@ from mmjax.models.layers import (
   Dtype,
   Encoder,
   Tokens,
+  perturbation_point,
   prepend_cls_add_positions,
   resolve_size,
 )
@@ -35,6 +41,40 @@ def parse_variant(variant: str, **overrides) -> dict[str, int]:
 
 def _ceil_div(a: int, b: int) -> int:
   return -(-a // b)
+
+
+SPEC_AUGMENT_FIELDS = ("time_masks", "time_width", "freq_masks", "freq_width")
+
+
+def spec_augment_masks(key: jax.Array, batch: int, frames: int, bins: int, *,
+                       time_masks: int = 0, time_width: int = 0, freq_masks: int = 0,
+                       freq_width: int = 0) -> tuple[jax.Array, jax.Array]:
+  """SpecAugment's masks (Park et al., 2019, without time warping): per example,
+  `time_masks` runs of frames and `freq_masks` runs of feature bins, each of a width
+  uniform in 0..width (at most the axis) at a uniform start. -> (time [B, frames] bool,
+  freq [B, bins] bool), True where masked."""
+
+  def runs(key, count, width, size):
+    if not count or not width:
+      return jnp.zeros((batch, size), bool)
+    width_key, start_key = jax.random.split(key)
+    widths = jax.random.randint(width_key, (batch, count), 0, min(width, size) + 1)
+    starts = jax.random.randint(start_key, (batch, count), 0, size - widths + 1)
+    where = jnp.arange(size)[None, None, :]
+    return ((where >= starts[..., None]) & (where < (starts + widths)[..., None])).any(1)
+
+  time_key, freq_key = jax.random.split(key)
+  return (runs(time_key, time_masks, time_width, frames),
+          runs(freq_key, freq_masks, freq_width, bins))
+
+
+def mask_features(features: jax.Array, time: jax.Array, freq: jax.Array) -> jax.Array:
+  """features [B, T, F] with masked frames (time [B, T']) and bins (freq [B, F]) set to
+  each example's mean feature value (SpecAugment's value for normalised features); frames
+  past T' (padding) are left alone."""
+  time = jnp.pad(time, ((0, 0), (0, features.shape[1] - time.shape[1])))
+  masked = time[:, :, None] | freq[:, None, :]
+  return jnp.where(masked, features.mean(axis=(1, 2), keepdims=True), features)
 
 
 class AudioEncoder(nn.Module):
@@ -71,11 +111,22 @@ class AudioEncoder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   options: BlockOptions = BlockOptions()
+  # Stochastic depth of the last block (`layers.Encoder`); 0 = none.
+  drop_path_rate: float = 0.0
+  # SpecAugment in training (`spec_augment_masks`, drawn from the "dropout" rng):
+  # dict(time_masks, time_width, freq_masks, freq_width); None (default): off.
+  spec_augment: Any = None
 
   def __post_init__(self):
     if self.patch_size <= 0:
       raise ConfigError(f"audio patch_size must be a positive integer, got {self.patch_size}")
     self.feature_options  # noqa: B018  (validates the feature fields early)
+    if self.spec_augment is not None:
+      spec = dict(self.spec_augment)
+      unknown = sorted(set(spec) - set(SPEC_AUGMENT_FIELDS))
+      if unknown or not all(isinstance(v, int) and v >= 0 for v in spec.values()):
+        raise ConfigError(f"config.model.audio.spec_augment: expected non-negative integers "
+                          f"for some of {', '.join(SPEC_AUGMENT_FIELDS)}, got {spec}")
     super().__post_init__()
 
   @property
@@ -111,15 +162,22 @@ class AudioEncoder(nn.Module):
     extra_frames = time_patches * patch - self.num_frames(samples)
     waveforms = jnp.pad(waveforms, ((0, 0), (0, extra_frames * hop)))
     features = self.feature_options(waveforms)  # [B, time_patches * patch, num_features]
+    if train and self.spec_augment:
+      time, freq = spec_augment_masks(self.make_rng("dropout"), batch,
+                                      self.num_frames(samples), features.shape[-1],
+                                      **dict(self.spec_augment))
+      features = mask_features(features, time, freq)
     extra_bins = freq_patches * patch - features.shape[-1]
     features = jnp.pad(features, ((0, 0), (0, 0), (0, extra_bins)))
     patches = nn.Conv(
         self.width, (patch, patch), strides=patch, padding="VALID", dtype=self.dtype,
         param_dtype=self.param_dtype, name="patch_embedding")(features[..., None].astype(
             self.dtype))  # [B, time_patches, freq_patches, width]
-    tokens = prepend_cls_add_positions(
-        self, patches.reshape(batch, time_patches * freq_patches, self.width),
-        dtype=self.dtype, param_dtype=self.param_dtype)
+    # The patch embeddings are the perturbation point of adversarial training.
+    patches = perturbation_point(
+        self, patches.reshape(batch, time_patches * freq_patches, self.width))
+    tokens = prepend_cls_add_positions(self, patches, dtype=self.dtype,
+                                       param_dtype=self.param_dtype)
     tokens = nn.Dropout(self.dropout_rate)(tokens, deterministic=not train)
     if lengths is None:
       mask = jnp.ones(tokens.shape[:2], dtype=bool)
@@ -129,4 +187,5 @@ class AudioEncoder(nn.Module):
       mask = jnp.concatenate([jnp.ones((batch, 1), bool), real], axis=1)
     return Encoder(self.depth, self.num_heads, self.mlp_dim, dropout_rate=self.dropout_rate,
                    dtype=self.dtype, param_dtype=self.param_dtype, options=self.options,
-                   name="encoder")(Tokens(tokens, mask), train=train)
+                   drop_path_rate=self.drop_path_rate, name="encoder")(Tokens(tokens, mask),
+                                                                       train=train)

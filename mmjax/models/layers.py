@@ -193,6 +193,49 @@ class Adapter(nn.Module):
     return x + dense(x.shape[-1], "up", zero_init=True, **kw)(hidden)
 
 
+def drop_path(x: jax.Array, rate: float | jax.Array, rng: jax.Array) -> jax.Array:
+  """Stochastic depth (Huang et al. 2016) on a residual branch `x` [B, ...]: each example's
+  branch is zeroed with probability `rate` and otherwise scaled by 1 / (1 - rate), so its
+  expectation is `x`. `rate` in [0, 1) is a float or a traced scalar (the per-layer rate of
+  a scanned stack)."""
+  keep_prob = 1.0 - rate
+  keep = jax.random.bernoulli(rng, keep_prob, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return x * (keep / keep_prob).astype(x.dtype)
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+  """The linear stochastic-depth schedule: block i (0-based) of `depth` drops its branches
+  with probability rate * (i + 1) / depth, so the last block's rate is `rate` and the
+  blocks nearest the input, whose features everything above reads, are dropped least."""
+  return [rate * (i + 1) / depth for i in range(depth)]
+
+
+def check_rate(field: str, rate: float) -> None:
+  """ConfigError unless `rate` (a dropout or drop-path probability) is in [0, 1)."""
+  if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+    raise ConfigError(f"{field}: expected a rate in [0, 1), got {rate!r}")
+
+
+# The flax collection adversarial training (mmjax/train/adversarial.py) adds its input
+# perturbations through; towers name their point `PERTURBATION_POINT`.
+PERTURBATIONS = "perturbations"
+PERTURBATION_POINT = "embeddings"
+
+
+def perturbation_point(module: nn.Module, x: jax.Array, name: str = PERTURBATION_POINT
+                       ) -> jax.Array:
+  """`x` plus the `perturbations` variable `name` of `module` (`Module.perturb`) when the
+  apply call passes that collection or makes it mutable (what adversarial training does to
+  find its shapes, then to add its perturbation and take gradients through it); `x` itself
+  otherwise. Nothing is created at `init`, so parameters and every other apply are unchanged.
+  Call from a compact method."""
+  if module.is_initializing():
+    return x
+  if module.is_mutable_collection(PERTURBATIONS) or module.has_variable(PERTURBATIONS, name):
+    return module.perturb(name, x, collection=PERTURBATIONS)
+  return x
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockOptions:
   """How a Transformer block is wired; the defaults are mmjax's own (pre-norm) choice.
@@ -245,6 +288,11 @@ class TransformerBlock(nn.Module):
   token sequence. Sub-layer names: `self_attention`, `cross_attention`, `mlp`, their
   norms `norm_self`, `norm_cross`, `norm_mlp`, adapters `adapter_self`, `adapter_cross`,
   `adapter_mlp`.
+
+  `drop_path_rate` > 0: in training, each residual branch (attention, cross-attention,
+  MLP, adapter included) is dropped per example with that probability (`drop_path`, an
+  independent draw per branch from the "dropout" rng); at evaluation the block is
+  unchanged.
   """
 
   num_heads: int
@@ -254,11 +302,14 @@ class TransformerBlock(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   options: BlockOptions = BlockOptions()
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: Tokens, context: Tokens | None = None,
-               train: bool | None = None) -> Tokens:
-    """`train` may be passed by position (`block_class`'s remat needs it static)."""
+               train: bool | None = None, drop_path_scale: jax.Array | None = None) -> Tokens:
+    """`train` may be passed by position (`block_class`'s remat needs it static);
+    `drop_path_scale`, a traced scalar, multiplies `drop_path_rate` (a scanned stack's
+    per-layer schedule: one module, a rate per layer)."""
     if train is None:
       raise TypeError("TransformerBlock needs train=True or False")
     opts = self.options
@@ -266,13 +317,21 @@ class TransformerBlock(nn.Module):
     dropout = lambda y: nn.Dropout(self.dropout_rate)(y, deterministic=not train)  # noqa: E731
     norm = lambda name: nn.LayerNorm(epsilon=opts.layer_norm_eps, name=name, **kw)  # noqa: E731
 
+    def drop_branch(update):
+      if not train or not self.drop_path_rate:  # off: not a single op or rng draw more
+        return update
+      rate = self.drop_path_rate
+      if drop_path_scale is not None:
+        rate = rate * drop_path_scale
+      return drop_path(update, rate, self.make_rng("dropout"))
+
     def sublayer(tokens, name, fn):
       """Residual around fn, LayerNorm before (pre) or after (post), adapter on fn's output."""
       inputs = norm(f"norm_{name}")(tokens) if opts.norm_position == "pre" else tokens
       update = dropout(fn(inputs))
       if opts.adapter_dim:
         update = Adapter(opts.adapter_dim, name=f"adapter_{name}", **kw)(update)
-      tokens = tokens + update
+      tokens = tokens + drop_branch(update)
       return norm(f"norm_{name}")(tokens) if opts.norm_position == "post" else tokens
 
     mask = key_padding_mask(x.mask)
@@ -301,20 +360,27 @@ def block_class(options: BlockOptions) -> type[TransformerBlock]:
 
 
 class _ScannedBlock(nn.Module):
-  """One layer of a scanned stack: (tokens, context) -> (tokens, None) for `nn.scan`."""
+  """One layer of a scanned stack: (tokens, context, this layer's drop-path scale) ->
+  (tokens, None) for `nn.scan`."""
 
   block: Any
   args: tuple
   train: bool
 
   @nn.compact
-  def __call__(self, x: Tokens, context: Tokens | None) -> tuple[Tokens, None]:
-    return self.block(*self.args, name="block")(x, context, self.train), None
+  def __call__(self, x: Tokens, context: Tokens | None, drop_path_scale: jax.Array
+               ) -> tuple[Tokens, None]:
+    return self.block(*self.args, name="block")(x, context, self.train, drop_path_scale), None
 
 
 class Encoder(nn.Module):
   """A stack of `depth` TransformerBlocks, then a final LayerNorm `norm_out` (pre-norm
-  stacks need it; post-norm stacks like BERT end normalised and set final_norm=False)."""
+  stacks need it; post-norm stacks like BERT end normalised and set final_norm=False).
+
+  `drop_path_rate` is the stochastic-depth rate of the last block; the blocks below get
+  the linear schedule of `drop_path_rates` (also under `options.scan`, where the one
+  scanned block reads its layer's share of the rate as a scanned input).
+  """
 
   depth: int
   num_heads: int
@@ -325,20 +391,26 @@ class Encoder(nn.Module):
   param_dtype: Dtype = jnp.float32
   options: BlockOptions = BlockOptions()
   final_norm: bool = True
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: Tokens, context: Tokens | None = None, *, train: bool) -> Tokens:
+    check_rate("drop_path_rate", self.drop_path_rate)
     block = block_class(self.options)
     args = (self.num_heads, self.mlp_dim, self.cross_attention, self.dropout_rate,
             self.dtype, self.param_dtype, self.options)
+    rates = drop_path_rates(self.drop_path_rate, self.depth)
     if self.options.scan and self.depth:
       scanned = nn.scan(_ScannedBlock, variable_axes={"params": 0, "intermediates": 0},
                         split_rngs={"params": True, "dropout": True},
-                        in_axes=nn.broadcast, length=self.depth)
-      x, _ = scanned(block, args, train, name="scanned_blocks")(x, context)
+                        in_axes=(nn.broadcast, 0), length=self.depth)
+      # Layer i's rate is drop_path_rate * (i + 1) / depth, as unrolled.
+      scales = jnp.arange(1, self.depth + 1, dtype=jnp.float32) / self.depth
+      x, _ = scanned(block, (*args, self.drop_path_rate), train, name="scanned_blocks")(
+          x, context, scales)
     else:
       for i in range(self.depth):
-        x = block(*args, name=f"block_{i}")(x, context, train)
+        x = block(*args, rates[i], name=f"block_{i}")(x, context, train)
     if not self.final_norm:
       return x
     tokens = nn.LayerNorm(epsilon=self.options.layer_norm_eps, dtype=self.dtype,

@@ -1,8 +1,8 @@
 """Assembles towers, fusion and heads from `config.model`.
 
 Parameter paths (what regex rules in configs match) start with: `<modality>_encoder/...`
-(`image_encoder/...`, `text_encoder/...`, `audio_encoder/...`), `fusion/...`,
-`heads/<head name>/...`.
+(`image_encoder/...`, `text_encoder/...`, `audio_encoder/...`, `video_encoder/...`),
+`fusion/...`, `heads/<head name>/...`.
 
 The model is generic over modality names: a tower is an entry of `towers`, and
 `MODALITY_INPUTS` says which batch keys it is called with, so a new modality plugs in by
@@ -26,16 +26,18 @@ from mmjax.config import ConfigError, check_fields
 from mmjax.convert.hf_config import tower_from_hf_config
 from mmjax.models import audio as audio_lib
 from mmjax.models import text as text_lib
+from mmjax.models import video as video_lib
 from mmjax.models import vit as vit_lib
 from mmjax.models.fusion import Fused, build_fusion
 from mmjax.models.heads import POOLINGS, Heads, HeadSpec
-from mmjax.models.layers import BlockOptions, Tokens, dtype_from_name
+from mmjax.models.layers import BlockOptions, Tokens, check_rate, dtype_from_name
 
 # Modality -> the batch keys its tower is called with, positionally (see README batch keys).
 MODALITY_INPUTS = flax.core.FrozenDict({
     "image": ("image",),                    # float32 [B, H, W, C] in [-1, 1]
     "text": ("text_ids", "text_mask"),      # int32 [B, T], bool [B, T]
     "audio": ("audio",),                    # float32 [B, samples] waveforms
+    "video": ("video",),                    # float32 [B, frames, H, W, C] in [-1, 1]
 })
 HEAD_INPUTS = ("fused", *MODALITY_INPUTS)
 # The logit of a padding choice (multiple choice): its softmax probability is exactly 0.
@@ -152,6 +154,26 @@ def block_options(model_config: ml_collections.ConfigDict, adapter_dim: int = 0)
   return BlockOptions(**block, adapter_dim=adapter_dim)
 
 
+# Per-module regularisers: `config.model.<tower>.dropout_rate` (image, text, audio, fusion;
+# None or absent: the global one) overrides the global `config.model.dropout_rate` for that
+# module; a tower's `drop_path_rate` is its stochastic depth (the rate of its last block,
+# `layers.Encoder`), 0 by default.
+REGULARISERS = ("dropout_rate", "drop_path_rate")
+
+
+def regularised(field: str, module_cfg: dict[str, Any], common: dict[str, Any],
+                names: tuple[str, ...] = REGULARISERS) -> dict[str, Any]:
+  """`common` with the rates among `names` that `module_cfg` (`config.model.<module>`,
+  as a dict) sets, popped from it and checked to lie in [0, 1); a None rate is unset."""
+  common = dict(common)
+  for name in names:
+    rate = module_cfg.pop(name, None)
+    if rate is not None:
+      check_rate(f"{field}.{name}", rate)
+      common[name] = rate
+  return common
+
+
 def _module(cls: type[nn.Module], field: str, **kwargs: Any) -> nn.Module:
   """`cls(**kwargs)`, with an unknown field reported as a ConfigError naming `field`."""
   check_fields(field, kwargs, {f.name for f in dataclasses.fields(cls)} - {"parent", "name"})
@@ -164,6 +186,7 @@ def _image_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any]
   (pooler, final_norm, ...)."""
   del vocab_size
   image_cfg = model_config.image.to_dict()
+  common = regularised("config.model.image", image_cfg, common)
   size = vit_lib.parse_variant(image_cfg.pop("variant"), **image_cfg)
   rest = {key: value for key, value in image_cfg.items() if key not in size}
   return _module(vit_lib.ViT, "config.model.image", **size, **rest, **common)
@@ -176,6 +199,7 @@ def _text_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any],
   if vocab_size is None:
     raise ValueError("the text tower needs a vocabulary size")
   text_cfg = model_config.text.to_dict()
+  common = regularised("config.model.text", text_cfg, common)
   size = text_lib.parse_variant(text_cfg.pop("variant"), **text_cfg)
   rest = {key: value for key, value in text_cfg.items() if key not in size}
   return _module(text_lib.TextEncoder, "config.model.text", vocab_size=vocab_size, **size,
@@ -218,9 +242,22 @@ def _audio_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any]
   feature fields (sample_rate, n_fft, hop_length, n_mels, features, n_mfcc)."""
   del vocab_size
   audio_cfg = model_config.audio.to_dict()
+  common = regularised("config.model.audio", audio_cfg, common)
   size = audio_lib.parse_variant(audio_cfg.pop("variant"), **audio_cfg)
   features = {key: value for key, value in audio_cfg.items() if key not in size}
   return audio_lib.AudioEncoder(**size, **features, **common)
+
+
+def _video_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any],
+                 vocab_size: int | None) -> nn.Module:
+  """`config.model.video`: the frame ViT's `variant` ("mu/8"), size overrides and
+  `posemb`, and `temporal` ("transformer" | "mean"), `temporal_depth` (VideoEncoder)."""
+  del vocab_size
+  video_cfg = model_config.video.to_dict()
+  common = regularised("config.model.video", video_cfg, common)
+  size = vit_lib.parse_variant(video_cfg.pop("variant"), **video_cfg)
+  rest = {key: value for key, value in video_cfg.items() if key not in size}
+  return _module(video_lib.VideoEncoder, "config.model.video", **size, **rest, **common)
 
 
 # Modality -> fn(config.model, common kwargs (dtypes, options, dropout_rate), vocab_size).
@@ -228,6 +265,7 @@ TOWER_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "image": _image_tower,
     "text": _text_tower,
     "audio": _audio_tower,
+    "video": _video_tower,
 }
 
 
@@ -243,8 +281,10 @@ def module_kwargs(model_config: ml_collections.ConfigDict, adapter_dim: int = 0
 
 def fusion_from_config(model_config: ml_collections.ConfigDict, common: dict[str, Any]
                        ) -> nn.Module:
-  """The fusion of `config.model.fusion` (`kind` plus that kind's fields)."""
+  """The fusion of `config.model.fusion` (`kind` plus that kind's fields; `dropout_rate`
+  overrides the global one)."""
   fusion_cfg = model_config.fusion.to_dict()
+  common = regularised("config.model.fusion", fusion_cfg, common, ("dropout_rate",))
   return build_fusion(fusion_cfg.pop("kind", None), **fusion_cfg, **common)
 
 
@@ -292,7 +332,12 @@ def build_towers(model_config: ml_collections.ConfigDict, modalities: tuple[str,
       raise ConfigError(f"config.model.modalities: no tower for '{modality}'; expected some "
                         f"of {', '.join(TOWER_BUILDERS)}")
     if modality in init_from:
-      towers[modality] = pretrained_tower(modality, dict(init_from[modality]), common)
+      # The architecture is the checkpoint's; the tower's own rates still apply.
+      tower_cfg = model_config.get(modality, None) or {}
+      tower_cfg = {name: tower_cfg[name] for name in REGULARISERS if name in tower_cfg}
+      towers[modality] = pretrained_tower(
+          modality, dict(init_from[modality]),
+          regularised(f"config.model.{modality}", tower_cfg, common))
     else:
       towers[modality] = TOWER_BUILDERS[modality](model_config, common, vocab_size)
   return flax.core.FrozenDict(towers)

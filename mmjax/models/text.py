@@ -23,6 +23,7 @@ from mmjax.models.layers import (
   Tokens,
   dense,
   embed_tokens,
+  perturbation_point,
   resolve_size,
 )
 
@@ -58,6 +59,11 @@ class TextEncoder(nn.Module):
     eos_token_id: for pooler="eos", the first position holding this id is pooled; None pools
       the position of the largest id (original CLIP vocabularies, where end-of-text is last).
     projection_dim: > 0 maps the pooled vector through a bias-free Dense `projection`.
+    drop_path_rate: stochastic depth of the last block (`layers.Encoder`); 0 = none.
+
+  The embeddings [B, T, width] (token plus position, before token types and `embed_norm`)
+  are the tower's perturbation point (`layers.perturbation_point`, adversarial training):
+  a perturbation there is one of the token embeddings.
   """
 
   vocab_size: int
@@ -76,6 +82,7 @@ class TextEncoder(nn.Module):
   pooler: str = "none"
   eos_token_id: int | None = None
   projection_dim: int = 0
+  drop_path_rate: float = 0.0
 
   def __call__(self, text_ids: jax.Array, text_mask: jax.Array, *, train: bool,
                type_ids: jax.Array | None = None) -> Tokens:
@@ -102,6 +109,7 @@ class TextEncoder(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     tokens, _ = embed_tokens(self, text_ids, vocab_size=self.vocab_size, width=self.width,
                              max_len=self.max_len, **kw)
+    tokens = perturbation_point(self, tokens)
     if type_ids is not None and not self.type_vocab_size:
       raise ValueError("type_ids were given but the encoder has no token-type embeddings "
                        "(type_vocab_size=0)")
@@ -114,7 +122,8 @@ class TextEncoder(nn.Module):
       tokens = nn.LayerNorm(epsilon=self.options.layer_norm_eps, name="embed_norm", **kw)(tokens)
     tokens = nn.Dropout(self.dropout_rate)(tokens, deterministic=not train)
     out = Encoder(self.depth, self.num_heads, self.mlp_dim, dropout_rate=self.dropout_rate,
-                  options=self.options, final_norm=self.final_norm, name="encoder",
+                  options=self.options, final_norm=self.final_norm,
+                  drop_path_rate=self.drop_path_rate, name="encoder",
                   **kw)(Tokens(tokens, text_mask.astype(bool)), train=train)
     pooled = None
     if self.pooler == "cls_tanh":

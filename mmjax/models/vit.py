@@ -21,6 +21,7 @@ from mmjax.models.layers import (
   Encoder,
   Tokens,
   dense,
+  perturbation_point,
   prepend_cls_add_positions,
   resolve_size,
 )
@@ -66,6 +67,10 @@ class ViT(nn.Module):
     posemb: "learn" (a `pos_embedding` parameter) or "sincos2d" (fixed 2-D sine-cosine
       embeddings of the patch grid, none on [CLS]; they tell near from far patches from
       the first step, which position-reasoning tasks learn much faster with).
+    drop_path_rate: stochastic depth of the last block (`layers.Encoder`); 0 = none.
+
+  The patch embeddings [B, N, width] (before [CLS] and positions) are the tower's
+  perturbation point (`layers.perturbation_point`, adversarial training).
   """
 
   width: int
@@ -83,6 +88,7 @@ class ViT(nn.Module):
   pooler: str = "none"
   projection_dim: int = 0
   posemb: str = "learn"
+  drop_path_rate: float = 0.0
 
   def __call__(self, images: jax.Array, *, train: bool) -> Tokens:
     return self.encode(images, train=train)[0]
@@ -112,14 +118,15 @@ class ViT(nn.Module):
         padding="VALID", use_bias=self.patch_bias, name="patch_embedding",
         **kw)(images.astype(self.dtype))
     grid = patches.shape[1:3]
-    tokens = prepend_cls_add_positions(self, patches.reshape(batch, -1, self.width),
-                                       posemb=self.posemb, grid=grid, **kw)
+    patches = perturbation_point(self, patches.reshape(batch, -1, self.width))
+    tokens = prepend_cls_add_positions(self, patches, posemb=self.posemb, grid=grid, **kw)
     tokens = nn.Dropout(self.dropout_rate)(tokens, deterministic=not train)
     if self.pre_norm:
       tokens = nn.LayerNorm(epsilon=self.options.layer_norm_eps, name="pre_norm", **kw)(tokens)
     mask = jnp.ones(tokens.shape[:2], dtype=bool)
     out = Encoder(self.depth, self.num_heads, self.mlp_dim, dropout_rate=self.dropout_rate,
-                  options=self.options, final_norm=self.final_norm, name="encoder",
+                  options=self.options, final_norm=self.final_norm,
+                  drop_path_rate=self.drop_path_rate, name="encoder",
                   **kw)(Tokens(tokens, mask), train=train)
     pooled = None
     if self.pooler == "cls_tanh":

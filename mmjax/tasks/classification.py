@@ -3,7 +3,9 @@
 `config.losses = {head name: weight}` names the heads that are trained and how much
 each counts; each head's target is the batch key of the same name (`label`,
 `written_digit`, ...). The head named by `main` gives the task's predictions and
-headline metrics; the others are auxiliary (multi-task) objectives.
+headline metrics; the others are auxiliary (multi-task) objectives. A training batch
+mixed by mixup / cutmix (`config.augment`) carries `mix_lambda` and `mix_<head>` for the
+mixed heads, whose loss is then lam CE(<head>) + (1 - lam) CE(mix_<head>).
 
 Attention supervision, `config.task.attention_targets = {feature: dict(layer, weight,
 query=0, head=0, offset=0)}`: the attention logits of one head of one attention layer
@@ -78,6 +80,22 @@ class ClassificationTask:
     accuracy = ((jnp.argmax(logits, -1) == labels) * weights).sum() / count
     return loss, accuracy
 
+  def mixed_head_loss(self, logits: jax.Array, labels: jax.Array, partner_labels: jax.Array,
+                      lam: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`head_loss` of mixed examples (mixup / cutmix, mmjax/data/augment.py): logits [B, C],
+    labels and partner_labels [B], lam [B] -> mean of lam CE(labels) + (1 - lam)
+    CE(partner_labels) (one cross-entropy against the mixed targets, with the same label
+    smoothing), and accuracy against `labels` (the larger share)."""
+    classes = logits.shape[-1]
+    smooth = lambda y: optax.smooth_labels(jax.nn.one_hot(y, classes),
+                                           self.label_smoothing)
+    lam = lam.astype(jnp.float32)[:, None]
+    targets = lam * smooth(labels) + (1.0 - lam) * smooth(partner_labels)
+    count = jnp.maximum(weights.sum(), 1.0)
+    loss = (optax.softmax_cross_entropy(logits, targets) * weights).sum() / count
+    accuracy = ((jnp.argmax(logits, -1) == labels) * weights).sum() / count
+    return loss, accuracy
+
   def loss(self, outputs: dict[str, jax.Array], batch: dict[str, jax.Array]
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """-> (weighted total, {"loss": total, "accuracy": main head's, and with several heads
@@ -91,7 +109,11 @@ class ClassificationTask:
     for name, weight in self.weights.items():
       if name not in outputs:
         continue
-      loss, accuracy = self.head_loss(outputs[name], batch[name], weights)
+      if f"mix_{name}" in batch:  # mixup / cutmix (config.augment): two targets
+        loss, accuracy = self.mixed_head_loss(outputs[name], batch[name], batch[f"mix_{name}"],
+                                              batch["mix_lambda"], weights)
+      else:
+        loss, accuracy = self.head_loss(outputs[name], batch[name], weights)
       total = total + weight * loss
       if len(self.weights) > 1:
         metrics[f"{name}/loss"] = loss

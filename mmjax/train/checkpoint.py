@@ -95,8 +95,12 @@ class Checkpointer:
         self.manager.reload()
     return None
 
-  def close(self) -> None:
+  def wait(self) -> None:
+    """Blocks until the saves in flight (async) are complete on disk."""
     self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.wait()
     self.manager.close()
 
 

@@ -22,12 +22,13 @@ import numpy as np
 from tqdm import tqdm
 
 from mmjax.config import ConfigError, check_fields, modalities
-from mmjax.data import pipeline
+from mmjax.data import augment, pipeline
 from mmjax.evaluate import evaluators as evaluators_lib
 from mmjax.models import lora
 from mmjax.models.model import pretrained_sources
 from mmjax.tasks import build_task
 from mmjax.tasks.pretrain import PretrainTask
+from mmjax.train import adversarial as adversarial_lib
 from mmjax.train import checkpoint as checkpoint_lib
 from mmjax.train import param_rules, profile
 from mmjax.train import sharding as sharding_lib
@@ -35,7 +36,7 @@ from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.optimizer import build_optimizer
 from mmjax.train.state import TrainState
 from mmjax.train.step import identity, jit_train_step, make_predict_step, make_train_step
-from mmjax.utils.writers import MetricWriter
+from mmjax.utils.writers import MetricWriter, wandb_settings
 
 log = logging.getLogger(__name__)
 
@@ -251,11 +252,18 @@ def create_state(exp: Experiment, params: dict | None = None
   state = TrainState(step, params, opt_state)
   shardings = TrainState(exp.replicated, param_shardings, opt_shardings)
   all_train = all(jax.tree.leaves(trainable))
-  model_params = (functools.partial(lora.merge_lora, alpha=exp.finetune.lora_alpha)
-                  if exp.finetune.mode == "lora" else identity)
   return state, TrainSetup(shardings, tx, schedule, None if all_train else trainable,
-                           model_params, sum(x.size for x in jax.tree.leaves(train_params)),
+                           model_params_fn(exp),
+                           sum(x.size for x in jax.tree.leaves(train_params)),
                            sum(x.size for x in jax.tree.leaves(params)))
+
+
+def model_params_fn(exp: Experiment) -> Any:
+  """state params -> the parameters `model.apply` takes: LoRA factors merged into their
+  kernels in lora mode (`lora.merge_lora`), else the identity."""
+  if exp.finetune.mode == "lora":
+    return functools.partial(lora.merge_lora, alpha=exp.finetune.lora_alpha)
+  return identity
 
 
 def eval_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -350,6 +358,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if split not in names:
     raise ConfigError(f"config.evals.headline='{config.evals.headline}' names '{split}', "
                       f"which is none of the evaluations {', '.join(names)}")
+  wandb_settings(config)  # a bad config.wandb fails here, before anything is written
 
 
 def record_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -487,6 +496,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   """
   validate(config)
   exp = build_experiment(config, devices)  # config mistakes surface here, before any write
+  adversarial = adversarial_lib.from_config(config)  # config.adversarial; None while off
+  augmenter = augment.from_config(config, exp.preprocessor)  # config.augment; None while off
   stopper = EarlyStopping(config)
   skip_nonfinite = bool(config.get("skip_nonfinite_steps", False))
   had_checkpoints = checkpoint_lib.has_steps(workdir)
@@ -505,9 +516,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
            dict(exp.mesh.shape), sharding_lib.describe(setup.shardings.params))
 
   batches = pipeline.train_iterator(
-      exp.dataset.source(config.data.train_split), exp.preprocessor,
+      pipeline.train_source(exp.dataset, config.data), exp.preprocessor,
       global_batch_size=config.input.batch_size, seed=config.seed,
-      num_threads=config.input.num_threads, rows=exp.rows(config.input.batch_size))
+      num_threads=config.input.num_threads, rows=exp.rows(config.input.batch_size),
+      augmenter=augmenter)
   start = 0
   if restored is not None:
     start, state, data_state, meta = restored
@@ -517,12 +529,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   # Records past the step training starts from go: those of an interrupted run after its
   # last checkpoint, or all of them when no checkpoint was complete (killed during the
   # first save), so a rerun never logs a step twice.
-  writer = MetricWriter(workdir, resume_step=start)
+  writer = MetricWriter(workdir, resume_step=start, config=config)  # + hparams, W&B
   train_step = make_train_step(exp.model, exp.task, setup.tx, setup.schedule,
                                jax.random.fold_in(jax.random.key(config.seed), 1),
                                trainable=setup.trainable, model_params=setup.model_params,
                                accum_steps=accum_steps(config), mesh=exp.mesh,
-                               skip_nonfinite=skip_nonfinite)
+                               skip_nonfinite=skip_nonfinite, adversarial=adversarial)
   step_fn = jit_train_step(train_step, setup.shardings, exp.batch_sharding, exp.replicated)
   evaluators = make_evaluators(exp, setup.shardings.params, setup.model_params)
   grad_names = gradient_names(state.params, setup.trainable)
@@ -603,7 +615,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   results = run_evaluators(evaluators, state.params)
   if step > start:  # a finished run started again is only re-evaluated
     writer.write(step, scalar_metrics(results))
-  writer.close()
+  writer.close(finished=True)
   extra = {"early_stopping": stopper.state} if stopper.enabled else {}
   write_json(os.path.join(workdir, "eval.json"), {"step": step, **extra, **results})
   return results
@@ -628,7 +640,7 @@ def window_scalars(fetched: list[tuple[int, dict[str, Any]]], grad_names: list[s
   bad = [(s, m) for s, m in fetched if m["nonfinite"]]
   if bad and not skip_nonfinite:
     step, metrics = bad[0]
-    checkpointer.manager.wait_until_finished()
+    checkpointer.wait()
     report = nonfinite_report(step, metrics, grad_names, checkpointer.latest_step(),
                               checkpointer.directory)
     write_json(os.path.join(workdir, "nonfinite.json"), report)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from mmjax.train import adversarial as adversarial_lib
 from mmjax.train.param_rules import merge_params, split_params
 from mmjax.train.state import TrainState
 
@@ -36,6 +37,7 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
                     accum_steps: int = 1,
                     mesh: Mesh | None = None,
                     skip_nonfinite: bool = False,
+                    adversarial: adversarial_lib.Adversarial | None = None,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """One optimizer step on a global batch. Metrics are means over the global batch.
 
@@ -66,6 +68,11 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
     skip_nonfinite: a step whose loss or gradient norm is not finite leaves the
       parameters and optimizer state as they were (the step counter still advances, so
       the next step reads the next batch and draws new randomness).
+    adversarial: `config.adversarial` (`adversarial.from_config`): each (micro-)batch's loss
+      becomes the clean loss plus the weighted loss under an FGM or PGD perturbation of
+      the towers' input embeddings (mmjax/train/adversarial.py), which also reports
+      `clean_loss`, `adv_loss`, `adv_accuracy` and `adv_delta_norm`; PGD's random start
+      draws from `fold_in(key, 2)` of the (micro-)batch's dropout key. None: off.
 
   Besides the task's metrics, the step reports `nonfinite` (1 when the loss or gradient
   norm is not finite), `nonfinite_grads` (how many gradient arrays hold a NaN or inf)
@@ -87,13 +94,23 @@ def make_train_step(model: nn.Module, task: Any, tx: optax.GradientTransformatio
     def loss_fn(train_params, batch, step_rng):
       params = train_params if trainable is None else merge_params(train_params, frozen)
       rngs = {"dropout": step_rng, "sample": jax.random.fold_in(step_rng, 1)}
-      if getattr(task, "reads_intermediates", False):
-        outputs, variables = model.apply({"params": model_params(params)}, batch, train=True,
-                                         rngs=rngs, mutable=["intermediates"])
-        outputs = dict(outputs, intermediates=variables["intermediates"])
-      else:
-        outputs = model.apply({"params": model_params(params)}, batch, train=True, rngs=rngs)
-      return task.loss(outputs, batch)
+      apply = lambda variables, **kw: model.apply(  # noqa: E731
+          variables, batch, train=True, rngs=rngs, **kw)
+
+      def task_loss(variables):
+        if getattr(task, "reads_intermediates", False):
+          outputs, state = apply(variables, mutable=["intermediates"])
+          outputs = dict(outputs, intermediates=state["intermediates"])
+        else:
+          outputs = apply(variables)
+        return task.loss(outputs, batch)
+
+      variables = {"params": model_params(params)}
+      if adversarial is None:
+        return task_loss(variables)
+      zeros = adversarial_lib.zero_perturbations(apply, variables, adversarial.modalities)
+      return adversarial_lib.adversarial_loss(task_loss, variables, zeros, adversarial,
+                                              jax.random.fold_in(step_rng, 2))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accum_steps == 1:

@@ -9,6 +9,7 @@ from mmjax.data.builders.edu_tracing import EduTracing
 from mmjax.data.builders.jsonl import Jsonl
 from mmjax.data.builders.scienceqa import ScienceQa
 from mmjax.data.builders.shapes_relational import ShapesRelational
+from mmjax.data.builders.video_motion import VideoMotion
 
 BUILDERS = {
     "easy_vqa": EasyVqa,
@@ -20,4 +21,5 @@ BUILDERS = {
     "jsonl": Jsonl,
     "scienceqa": ScienceQa,
     "shapes_relational": ShapesRelational,
+    "video_motion": VideoMotion,
 }
