@@ -37,6 +37,6 @@ def test_modalities():
   import ml_collections
   config = ml_collections.ConfigDict({"model": {"modalities": "image, text"}})
   assert modalities(config) == ("image", "text")
-  config.model.modalities = "image,video"
-  with pytest.raises(ConfigError, match="unknown modality 'video'"):
+  config.model.modalities = "image,lidar"
+  with pytest.raises(ConfigError, match="unknown modality 'lidar'"):
     modalities(config)

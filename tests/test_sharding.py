@@ -179,7 +179,10 @@ def test_a_run_checkpointed_on_one_mesh_resumes_on_another(data_dir, tmp_path):
   loop.train(on((("data", 8),)), moved)  # restores the fsdp x tensor shards onto data=8
   np.testing.assert_allclose([loss for _, loss in train_losses(moved)],
                              [loss for _, loss in train_losses(straight)], atol=1e-5, rtol=0)
-  assert_trees_close(final_params(straight), final_params(moved), atol=1e-5)
+  # Steps 1-5 ran on fsdp x tensor, whose reductions sum in another order than data=8's,
+  # and Adam turns that rounding into per-parameter noise: up to 1.03e-5 after 10 steps on
+  # a fresh install of this stack (2026-11-25; the same with the previous commit's code).
+  assert_trees_close(final_params(straight), final_params(moved), atol=3e-5)
 
 
 def test_lora_factors_are_split_like_their_kernels():

@@ -4,8 +4,10 @@ dataset (labels against the rendered motion, determinism, what one frame tells),
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -26,12 +28,20 @@ TINY = dict(width=16, depth=1, mlp_dim=32, num_heads=2, patch_size=8)
 VIDEO = jax.random.uniform(jax.random.key(1), (2, 3, 16, 16, 3), minval=-1.0, maxval=1.0)
 
 
-def init_apply(encoder, video=VIDEO, params=None):
-  """(params, Tokens): `params` (a fresh init when None) applied to `video`. Op by op, not
-  jitted: every test uses the same shapes, so after the first they reuse its compiled ops,
-  where each jitted variant would compile anew."""
-  params = params or encoder.init(jax.random.key(0), video, train=False)["params"]
-  return params, encoder.apply({"params": params}, video, train=False)
+@functools.partial(jax.jit, static_argnums=0)
+def apply(module, params, video):
+  """`module`'s Tokens for `video`: one compilation per module and shapes (modules hash by
+  their fields), much cheaper than op-by-op dispatch of a ViT the first time."""
+  return module.apply({"params": params}, video, train=False)
+
+
+def random_params(module, seed=0):
+  """Parameters of `module` shaped by `jax.eval_shape` of its init and drawn in numpy: the
+  tests check structure (weight sharing, what sees frame order), which any weights show,
+  and skip compiling an init."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda leaf: rng.normal(0.0, 0.3, leaf.shape).astype(np.float32),
+                      shapes(module)[0])
 
 
 def shapes(encoder):
@@ -63,13 +73,14 @@ def test_frames_share_the_vit_and_mean_is_their_average():
   """Mean: exactly the time-average of the frame ViT applied to each frame on its own with
   the tower's one set of frame weights; so it is blind to frame order."""
   encoder = VideoEncoder(**TINY, temporal="mean")
-  params, out = init_apply(encoder)
-  vit = ViT(**TINY)
-  frames = [vit.apply({"params": params["frame_encoder"]}, VIDEO[:, t], train=False).tokens
+  params = random_params(encoder)
+  out = apply(encoder, params, VIDEO)
+  assert out.mask.all()
+  frames = [apply(ViT(**TINY), params["frame_encoder"], VIDEO[:, t]).tokens
             for t in range(VIDEO.shape[1])]
   np.testing.assert_allclose(out.tokens, np.mean(frames, axis=0), atol=1e-5)
-  _, reversed_out = init_apply(encoder, VIDEO[:, ::-1], params)
-  np.testing.assert_allclose(reversed_out.tokens, out.tokens, atol=1e-5)
+  np.testing.assert_allclose(apply(encoder, params, VIDEO[:, ::-1]).tokens, out.tokens,
+                             atol=1e-5)
 
 
 def test_sincos_1d_values():
@@ -83,29 +94,29 @@ def test_sincos_1d_values():
 def test_positions_and_clip_projection_are_what_make_the_transformer_see_order():
   order = np.array([2, 0, 1])
   encoder = VideoEncoder(**TINY, temporal_posemb="learn")
-  params, _ = init_apply(encoder)
-  zero = lambda name: {name: jax.tree.map(jnp.zeros_like, params[name])}  # noqa: E731
+  params = random_params(encoder)
+  zero = lambda name: {name: jax.tree.map(np.zeros_like, params[name])}  # noqa: E731
   # Without temporal positions and with a zero clip projection the temporal Encoder is
   # permutation-equivariant: the clip token is unchanged, each frame's token moves with it.
   blind = {**params, **zero("temporal_pos_embedding"), **zero("clip_projection")}
-  _, out = init_apply(encoder, VIDEO, blind)
-  _, permuted = init_apply(encoder, VIDEO[:, order], blind)
+  out, permuted = apply(encoder, blind, VIDEO), apply(encoder, blind, VIDEO[:, order])
   np.testing.assert_allclose(permuted.tokens[:, 0], out.tokens[:, 0], atol=1e-5)
   np.testing.assert_allclose(permuted.tokens[:, 1:], out.tokens[:, 1 + order], atol=1e-5)
   # Either one alone makes the clip token depend on the order of the frames.
   for sighted in ({**params, **zero("clip_projection")},
                   {**params, **zero("temporal_pos_embedding")}):
-    _, out = init_apply(encoder, VIDEO, sighted)
-    _, permuted = init_apply(encoder, VIDEO[:, order], sighted)
+    out, permuted = apply(encoder, sighted, VIDEO), apply(encoder, sighted, VIDEO[:, order])
     assert np.abs(permuted.tokens[:, 0] - out.tokens[:, 0]).max() > 1e-3
 
 
-def test_remat_keeps_the_outputs():
+def test_remat_wraps_both_encoders_and_keeps_the_outputs():
   encoder = VideoEncoder(**TINY)
-  params, out = init_apply(encoder)
-  assert out.mask.all()
-  _, remat_out = init_apply(encoder.clone(options=BlockOptions(remat="full")), params=params)
-  np.testing.assert_allclose(remat_out.tokens, out.tokens, atol=1e-6)
+  remat = encoder.clone(options=BlockOptions(remat="full"))
+  params = random_params(encoder)
+  jaxpr = str(jax.make_jaxpr(lambda p: remat.apply({"params": p}, VIDEO, train=False))(params))
+  assert jaxpr.count("remat") == 2  # the frame ViT's block and the temporal block
+  np.testing.assert_allclose(apply(remat, params, VIDEO).tokens,
+                             apply(encoder, params, VIDEO).tokens, atol=1e-6)
 
 
 def video_model_config(**video):
@@ -125,15 +136,14 @@ def test_video_tower_plugs_into_the_model_and_config_errors_name_the_field():
                                 heads=specs)
   batch = dict(video=VIDEO, text_ids=jnp.array([[2, 5, 6, 3], [2, 7, 3, 0]]),
                text_mask=jnp.array([[1, 1, 1, 1], [1, 1, 1, 0]], bool))
-  params = model.init(jax.random.key(0), batch)["params"]
-  assert "frame_encoder" in params["video_encoder"]
-  outputs = model.apply({"params": params}, batch)
+  outputs, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), batch))
+  assert "frame_encoder" in variables["params"]["video_encoder"]
   assert outputs["answer"].shape == outputs["motion"].shape == (2, 4)
   for bad, field in ((dict(temporal="lstm"), "config.model.video.temporal"),
                      (dict(temporal_depth=0), "config.model.video.temporal_depth"),
                      (dict(temporal_posemb="rope"), "config.model.video.temporal_posemb"),
                      (dict(frames=8), "config.model.video")):
-    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(f"{field}: ")):
       model_lib.build_towers(video_model_config(**bad), ("video",), None,
                              model_lib.module_kwargs(video_model_config(**bad)))
 
@@ -208,21 +218,36 @@ def test_one_frame_tells_the_direction_far_less_often_than_the_clip():
   assert np.mean(right) == pytest.approx(clips.single_frame_accuracy(0), abs=0.04)
 
 
+def test_video_batches_split_over_devices_along_the_batch_only():
+  from mmjax.train import sharding as sharding_lib
+
+  mesh = sharding_lib.make_mesh((("data", -1),))  # the 8 test devices
+  video = np.arange(8 * 3 * 4 * 4 * 3, dtype=np.float32).reshape(8, 3, 4, 4, 3)
+  placed = sharding_lib.global_batch({"video": video}, sharding_lib.batch_sharding(mesh))
+  shards = placed["video"].addressable_shards
+  assert len(shards) == 8 and {shard.data.shape for shard in shards} == {(1, 3, 4, 4, 3)}
+  for shard in shards:  # each device holds whole clips
+    np.testing.assert_array_equal(shard.data, video[shard.index])
+  np.testing.assert_array_equal(np.asarray(placed["video"]), video)
+
+
 def test_runlocal_video_qa_trains_and_reports_per_type(data_dir, tmp_path):
-  from mmjax.data import pipeline
+  from mmjax import export
   from mmjax.train import loop
 
-  config = load_config("configs/edu/video_qa.py", "runlocal", **{"data.data_dir": data_dir})
+  config = load_config("configs/edu/video_qa.py", "runlocal", **{"data.data_dir": data_dir,
+                                                                 "evals.splits": ("test",)})
   exp = loop.build_experiment(config)
   batch = exp.example_batch()
   assert exp.preprocessor.batch_keys[:3] == ("text_ids", "text_mask", "video")
   assert batch["video"].shape == (1, 8, 32, 32, 3) and batch["video"].dtype == np.float32
   raw = exp.dataset.source("train")[0]["video"]
   np.testing.assert_allclose(batch["video"][0], raw / 127.5 - 1.0, atol=1e-6)
-  assert set(pipeline.INPUT_ROLES) >= {"video"}
 
   workdir = str(tmp_path / "run")
-  loop.train(config, workdir)
+  # One device: compiling for the 8 test devices costs a third more, and the sharding of
+  # video batches over them is tested above.
+  loop.train(config, workdir, devices=jax.devices()[:1])
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
   assert len(losses) == 3 and losses[-1] < losses[0], losses
@@ -231,3 +256,5 @@ def test_runlocal_video_qa_trains_and_reports_per_type(data_dir, tmp_path):
   assert test["num_examples"] == 900
   by_type = [test[f"accuracy/{name}"] for name in clips.QUESTION_TYPES]
   assert test["accuracy"] == pytest.approx(np.mean(by_type))  # 300 questions of each type
+  with pytest.raises(ConfigError, match="mmjax export: video inputs are not supported"):
+    export.export(workdir)

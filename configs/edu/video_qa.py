@@ -1,23 +1,38 @@
 r"""Video question answering: which way do the shapes move?
 
 Dataset `video_motion` (generated offline on first use): 8-frame 32x32 clips of two
-shapes of distinct colours moving in two different directions, and one question per clip
-("Which way does the red circle move?", "Is the blue square moving up?", "What colour is
-the shape that moves to the left?"); 10 answer classes.
+shapes of distinct colours moving in two different directions, and one question per clip,
+of three types in equal numbers: "Which way does the red circle move?" (left, right, up,
+down), "Is the blue square moving up?" (yes, no), "What colour is the shape that moves to
+the left?" (a colour); 10 answer classes.
 
 Model: the video tower (mmjax/models/video.py) runs a ViT on 8x8 patches of every frame
-(shared weights, 16 patch tokens + [CLS] per frame, fixed 2-D sine-cosine positions),
-then a temporal Transformer over the 8 frame [CLS] tokens with learned temporal positions
-and a clip [CLS] (`temporal=transformer`; `temporal=mean` averages the frames' tokens
-instead, order-free); a one-layer BERT-style text encoder; cross-attention fusion (the
-question's tokens attend to the clip's tokens); [CLS] pooling, 10-way answer head.
+(one set of weights; 16 patch tokens + [CLS] per frame, fixed 2-D sine-cosine positions),
+then one temporal Transformer block over a clip token and the 8 frame [CLS] tokens with
+fixed temporal positions (`temporal=transformer`; `temporal=mean` averages the frames'
+tokens instead, blind to frame order); a one-layer BERT-style text encoder; two layers of
+cross-attention fusion (the question's tokens attend to the clip's tokens); [CLS] pooling,
+10-way answer head. Weighted auxiliary heads (multi-task): from the video tower alone,
+what the shape of each colour does (`aux`: absent, left, right, up, down); from the fused
+tokens, the direction of the shape the question is about (`ground`). Accuracy is also
+reported per question type (`config.evals.group_by`).
 
-Command (CPU, 2 cores):
+Command (CPU, 2 cores; 8,000 steps of 32: 326 s wall, dataset build included):
   python -m mmjax.main --config configs/edu/video_qa.py --workdir runs/video_qa
-Measured: MEASURED_PENDING
+Measured (seed 0): test accuracy 0.980 (direction 0.967, yes/no 0.977, which colour
+0.997; 900 questions), validation 0.982; the video tower's own motion heads 0.97-1.00.
+Chance: 0.25 / 0.5 / 0.25 per type, 0.33 overall. Ablations (same steps, test accuracy):
+  :modalities=text   -> 0.331   (chance: the question alone cannot tell)
+  :modalities=video  -> 0.170   (the clip alone: which shape, which question?)
+  :temporal=mean     -> 0.684   (frames averaged, order lost: direction 0.480; yes/no and
+                                 which colour 0.787, often settled by a shape's axis of
+                                 motion, which the averaged frames still show)
+  :aux=0,ground=0    -> 0.412   (answer head alone: direction 0.253, which 0.483 (the two
+                                 colours shown), yes/no 0.500; no motion found)
+One frame alone tells a shape's direction at best 44 % of the time (`video_motion` doc).
 
 Smoke size for tests and laptops: `--config configs/edu/video_qa.py:runlocal`.
-Ablations: `temporal=mean`, `modalities=video|text`, `fusion=...` (any fusion kind).
+Other fusion kinds: `fusion=concat|merged|co_attention|late` (not measured here).
 """
 
 import ml_collections
@@ -47,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.input = ml_collections.ConfigDict()
   c.input.batch_size = arg.batch or (16 if arg.runlocal else 32)
-  c.input.max_text_len = 20  # the longest question is 15 tokens
+  c.input.max_text_len = 20  # the longest question is 17 tokens with [CLS] and [SEP]
   c.input.num_threads = 1
 
   width = arg.width or 32

@@ -21,8 +21,8 @@ The answer needs the video (a direction is a change between frames) and, since t
 objects move differently, the text (which object, or which direction, is asked about).
 For `yes_no`, half the answers are "yes"; half the "no" questions name the other object's
 direction, so a model must tie each motion to its object. A single frame still gives a
-hint: an object starting near the left edge cannot be moving left (see the tests for how
-much a frame alone tells).
+hint: an object starting near the left edge cannot be moving left. The best guess of a
+direction from one frame is right at most 44 % of the time (`single_frame_accuracy`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ OBJECT_SIZE = 7
 MASKS = CELL_MASKS[:, :OBJECT_SIZE, :OBJECT_SIZE]  # bool [3 shapes, 7, 7]
 MAX_POSITION = FRAME_SIZE - OBJECT_SIZE  # top-left corners 0..25 keep an object inside
 
-# Mid-grey: 0 once pixels are scaled to [-1, 1], so an empty patch embeds to about the
+# Mid-grey: about 0 once pixels are scaled to [-1, 1], so an empty patch embeds to about the
 # patch embedding's bias and the objects carry the variation. On black (-1) every empty
 # patch got the same large embedding, and a video tower with zero-initialised heads
 # learned neither which colours a clip shows nor how they move (measured, 1,000 steps).
