@@ -102,12 +102,14 @@ The 6 workdirs keep their final checkpoints (step 400): runs/sweeps/augment/grad
 from experiments.sweep import Run, Sweep
 
 RANDAUGMENT = "randaugment(n=2, m=5)"
+# Both sweeps compare the same two rows.
+ROWS = [Run("none"), Run("randaugment", overrides={"augment": RANDAUGMENT})]
 
 SWEEPS = [
     Sweep(
         name="grading_200",
         config="configs/edu/grading.py",
-        rows=[Run("none"), Run("randaugment", overrides={"augment": RANDAUGMENT})],
+        rows=ROWS,
         seeds=(0, 1, 2),
         metrics=("test/accuracy", "test/written_digit/accuracy", "test/answer/accuracy",
                  "validation/written_digit/accuracy"),
@@ -118,7 +120,7 @@ SWEEPS = [
     Sweep(
         name="grading_200_images",
         config="configs/edu/grading.py",
-        rows=[Run("none"), Run("randaugment", overrides={"augment": RANDAUGMENT})],
+        rows=ROWS,
         seeds=(0, 1, 2),
         metrics=("test/accuracy", "test/written_digit/accuracy", "test/answer/accuracy",
                  "validation/accuracy"),
