@@ -49,6 +49,7 @@ from flax import traverse_util
 
 from mmjax.analysis import run_config
 from mmjax.config import ConfigError
+from mmjax.data.tokenizer import TOKENIZER_FILE
 from mmjax.evaluate import evaluators as evaluators_lib
 from mmjax.models import lora
 from mmjax.tasks.classification import ClassificationTask
@@ -434,9 +435,9 @@ def make_soup(workdirs: Sequence[str], out_dir: str, *,
   data_state = read_data_state(workdirs[0], checkpoint, step)
   os.makedirs(out_dir, exist_ok=True)
   loop.record_config(configs[0], out_dir)
-  tokenizer = os.path.join(workdirs[0], "tokenizer.json")
+  tokenizer = os.path.join(workdirs[0], TOKENIZER_FILE)
   if os.path.isfile(tokenizer) and jax.process_index() == 0:
-    shutil.copyfile(tokenizer, os.path.join(out_dir, "tokenizer.json"))
+    shutil.copyfile(tokenizer, os.path.join(out_dir, TOKENIZER_FILE))
   report["step"] = step
   writer = Checkpointer(out_dir, keep=1, async_save=False)
   try:

@@ -186,6 +186,31 @@ def test_head_spec_errors():
       HeadSpec("label", "fused", 4, "cls"),)
 
 
+def test_a_head_reads_one_modality_stream_after_fusion():
+  """`input="fused:text"` reads the text stream out of the fusion (in a merged sequence,
+  the question's tokens after they attended to the image), not token 0 of the joint one."""
+  from mmjax.models.heads import ClassificationHead
+  config = model_config(
+      fusion=dict(kind="merged", depth=1, width=32, num_heads=2, mlp_dim=64),
+      heads=dict(label=dict(input="fused:text", pooling="cls"),
+                 sound=dict(input="fused:audio", pooling="cls")))
+  heads = head_specs(config, ("image", "text"), lambda name: 3)
+  assert heads == (HeadSpec("label", "fused:text", 3, "cls"),)  # no audio, no audio head
+  model = build_model(config, modalities=("image", "text"), vocab_size=50, heads=heads)
+  data = batch()
+  params = perturbed(model.init(RNG, data, train=False))
+  _, fused = model.apply(params, data, method="features")
+  expected = ClassificationHead(3).apply({"params": params["params"]["heads"]["label"]},
+                                         fused.streams["text"])
+  np.testing.assert_allclose(model.apply(params, data)["label"], expected, atol=1e-6)
+  joint = ClassificationHead(3).apply({"params": params["params"]["heads"]["label"]},
+                                      fused.tokens)
+  assert np.abs(np.asarray(joint - expected)).max() > 1e-3  # token 0 is another token
+  config.heads.label.input = "fused:lidar"
+  with pytest.raises(ConfigError, match="heads.label.input: unknown input 'fused:lidar'"):
+    head_specs(config, ("image", "text"), lambda name: 3)
+
+
 def perturbed(params):
   """Makes the zero-initialised heads non-trivial so logits depend on the features."""
   return jax.tree.map(lambda p: p + 0.1 * jax.random.normal(RNG, p.shape), params)

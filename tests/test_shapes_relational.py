@@ -177,10 +177,10 @@ def test_splits_share_no_scene():
   splits = ShapesRelational.make_splits()
   keys = {name: set(columns["scene"]) for name, columns in splits.items()}
   for name, columns in splits.items():
-    assert len(keys[name]) == ShapesRelational.NUM_SCENES[name]  # distinct within a split
-    assert len(set(columns["scene_id"].tolist())) == ShapesRelational.NUM_SCENES[name]
+    assert len(keys[name]) == ShapesRelational.SPLIT_SIZES[name]  # distinct within a split
+    assert len(set(columns["scene_id"].tolist())) == ShapesRelational.SPLIT_SIZES[name]
     assert np.bincount(columns["question_type"]).tolist() == [
-        ShapesRelational.NUM_SCENES[name]] * 6
+        ShapesRelational.SPLIT_SIZES[name]] * 6
   assert not keys["train"] & keys["test"]
   assert not keys["train"] & keys["validation"]
   assert not keys["validation"] & keys["test"]
@@ -223,7 +223,7 @@ def test_built_dataset_features_sizes_and_vocabulary(dataset):
     ids = tokenizer(question)["input_ids"]
     assert tokenizer.unk_token_id not in ids and len(ids) <= max_len, question
   assert min(int(ex["scene_id"]) for ex in examples) >= sum(
-      ShapesRelational.NUM_SCENES[name] for name in ("train", "validation"))
+      ShapesRelational.SPLIT_SIZES[name] for name in ("train", "validation"))
 
 
 def test_runlocal_config_trains_and_reports_relational_accuracy(shapes_workdir):

@@ -40,17 +40,20 @@ from mmjax.config import adamw, finetune, parse_arg, scale
 
 # Per fusion kind, the attention layer where a question token reads the image, which
 # query token is supervised in fusion layers 0 and 1, and the index of the first image
-# patch among the keys: after the image [CLS] (offset 1). `merged` runs one sequence
-# [fused CLS, image CLS, 16 patches, question tokens]: its patches start at 2, and in
-# layer 0 the supervised query is the question's [CLS] (token 18), since the fused [CLS]
-# is the same learned vector for every question until it has read the question in
-# layer 0; in layer 1 it is the fused [CLS], which the answer head reads.
+# patch among the keys: after the image [CLS] (offset 1). In every attention kind the
+# supervised query is the question's [CLS], and the answer is read from it after fusion:
+# `cross_attention` and `co_attention` pool it already. `merged` runs one sequence
+# [fused CLS, image CLS, 16 patches, question tokens]: its patches start at 2, the
+# question's [CLS] is token 18, and its fused-side heads read that token
+# (`input="fused:text"`) rather than the fused [CLS], which is the same learned vector for
+# every question in layer 0 and so cannot know where the asked object is until layer 1.
 IMAGE_TOKENS = 1 + (32 // 8) ** 2  # 32x32 images in 8x8 patches, plus [CLS]
 ATTENTION_LAYERS = {
     "cross_attention": ("fusion/cross_encoder/block_{}/cross_attention", (0, 0), 1),
     "co_attention": ("fusion/block_{}/text/cross_attention", (0, 0), 1),
-    "merged": ("fusion/encoder/block_{}/self_attention", (1 + IMAGE_TOKENS, 0), 2),
+    "merged": ("fusion/encoder/block_{}/self_attention", (1 + IMAGE_TOKENS,) * 2, 2),
 }
+FUSED_INPUT = {"merged": "fused:text"}  # the fused-side heads' input; "fused" otherwise
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -102,11 +105,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # answer reports (the closest or furthest one, else the asked one); `aux` - from the
   # question alone, its type and the colour it names, and from the image alone, how many
   # circles, squares and triangles it shows (what count questions select from).
-  c.model.heads = dict(answer=dict(input="fused", pooling="cls"))
+  fused = FUSED_INPUT.get(arg.fusion, "fused") if arg.modalities == "image,text" else "fused"
+  c.model.heads = dict(answer=dict(input=fused, pooling="cls"))
   c.losses = dict(answer=1.0)
   if arg.ground:
-    c.model.heads.update(object_cell=dict(input="fused", pooling="cls"),
-                         answer_cell=dict(input="fused", pooling="cls"))
+    c.model.heads.update(object_cell=dict(input=fused, pooling="cls"),
+                         answer_cell=dict(input=fused, pooling="cls"))
     c.losses.update(object_cell=arg.ground, answer_cell=arg.ground)
   if arg.aux:
     c.model.heads.update(question_type=dict(input="text", pooling="cls"),

@@ -47,7 +47,7 @@ from jax.experimental import multihost_utils
 
 from mmjax.config import ConfigError
 from mmjax.data.builders import BUILDERS
-from mmjax.data.tokenizer import TextEncoder, load_tokenizer
+from mmjax.data.tokenizer import TOKENIZER_FILE, TextEncoder, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def open_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     multihost_utils.sync_global_devices(f"mmjax: dataset {data_config.name} prepared")
     builder = make_builder()
     _prepare(builder, manual_dir)
-  tokenizer_path = os.path.join(builder.data_dir, "tokenizer.json")
+  tokenizer_path = os.path.join(builder.data_dir, TOKENIZER_FILE)
   return Dataset(data_config.name, builder, dict(builder.as_data_source()),
                  tokenizer_path if os.path.exists(tokenizer_path) else None, data_config.cache)
 

@@ -30,6 +30,8 @@ from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, in this order
 PAD_ID = 0
+# The vocabulary file of a dataset (in its tfds data_dir) and of a run (in its workdir).
+TOKENIZER_FILE = "tokenizer.json"
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ def load_tokenizer(path: str, *, standard_ids: bool = True) -> PreTrainedTokeniz
   only needs to contain them.
   """
   if os.path.isdir(path):
-    path = os.path.join(path, "tokenizer.json")
+    path = os.path.join(path, TOKENIZER_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"tokenizer file not found: {path}")
   tokenizer = PreTrainedTokenizerFast(

@@ -140,7 +140,8 @@ class VoteHead(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
-  """A named classification head reading `input`: "fused", or a tower ("image", "text", ...).
+  """A named classification head reading `input`: "fused", one modality's stream after
+  fusion ("fused:text"), or a tower ("image", "text", ...).
 
   `num_heads` is the number of attention heads of `map` pooling.
   """
@@ -156,7 +157,8 @@ class Heads(nn.Module):
   """Tower tokens and the fusion's output -> {head name: logits [B, C] float32}.
 
   Parameters under `heads/<name>/`. A head reading "fused" reads `fused.tokens`, or is a
-  VoteHead over `fused.streams` when the fusion produces no tokens (late fusion).
+  VoteHead over `fused.streams` when the fusion produces no tokens (late fusion); one
+  reading "fused:<modality>" reads `fused.streams[<modality>]`.
   """
 
   specs: tuple[HeadSpec, ...]
@@ -168,7 +170,10 @@ class Heads(nn.Module):
     outputs = {}
     for spec in self.specs:
       args = (spec.num_classes, spec.pooling, spec.num_heads, self.dtype, self.param_dtype)
-      if spec.input != "fused":
+      if spec.input.startswith("fused:"):
+        stream = fused.streams[spec.input.removeprefix("fused:")]
+        outputs[spec.name] = ClassificationHead(*args, name=spec.name)(stream)
+      elif spec.input != "fused":
         outputs[spec.name] = ClassificationHead(*args, name=spec.name)(towers[spec.input])
       elif fused.tokens is not None:
         outputs[spec.name] = ClassificationHead(*args, name=spec.name)(fused.tokens)

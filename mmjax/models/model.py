@@ -39,7 +39,10 @@ MODALITY_INPUTS = flax.core.FrozenDict({
     "audio": ("audio",),                    # float32 [B, samples] waveforms
     "video": ("video",),                    # float32 [B, frames, H, W, C] in [-1, 1]
 })
-HEAD_INPUTS = ("fused", *MODALITY_INPUTS)
+# A head reads the fusion's output ("fused": token 0 of the joint sequence, or a vote under
+# late fusion), one modality's stream after fusion ("fused:text": the question's own
+# [CLS] once it has attended to the image), or one tower's tokens before fusion ("image").
+HEAD_INPUTS = ("fused", *(f"fused:{m}" for m in MODALITY_INPUTS), *MODALITY_INPUTS)
 # The logit of a padding choice (multiple choice): its softmax probability is exactly 0.
 ABSENT_CHOICE = -1e9
 
@@ -140,7 +143,7 @@ def head_specs(model_config: ml_collections.ConfigDict, modalities: tuple[str, .
     if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
       raise ConfigError(f"config.model.heads.{name}.num_heads: expected a positive integer, "
                         f"got {num_heads!r}")
-    if head.input == "fused" or head.input in modalities:
+    if head.input == "fused" or head.input.removeprefix("fused:") in modalities:
       specs.append(HeadSpec(name, head.input, num_classes(name), head.pooling, num_heads))
   return tuple(specs)
 

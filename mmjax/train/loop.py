@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from mmjax.config import ConfigError, check_fields, modalities
 from mmjax.data import augment, pipeline
+from mmjax.data.tokenizer import TOKENIZER_FILE
 from mmjax.evaluate import evaluators as evaluators_lib
 from mmjax.models import lora
 from mmjax.models.model import pretrained_sources
@@ -380,7 +381,7 @@ def save_tokenizer(exp: Experiment, workdir: str) -> None:
   (`config.input.tokenizer = <workdir>`)."""
   if exp.preprocessor.text_encoder is None or jax.process_index() != 0:
     return
-  path = os.path.join(workdir, "tokenizer.json")
+  path = os.path.join(workdir, TOKENIZER_FILE)
   exp.preprocessor.text_encoder.tokenizer.backend_tokenizer.save(path + ".tmp")
   os.replace(path + ".tmp", path)
 

@@ -35,9 +35,8 @@ import tensorflow_datasets as tfds
 
 from mmjax.config import ConfigError
 from mmjax.data.builders.easy_vqa import objects
-from mmjax.data.tokenizer import build_wordpiece
+from mmjax.data.tokenizer import TOKENIZER_FILE, build_wordpiece
 
-TOKENIZER_FILE = "tokenizer.json"
 IMAGE_SHAPE = (64, 64, 3)
 SHAPE_ANSWERS = objects.SHAPES
 YES_NO_ANSWERS = ("yes", "no")

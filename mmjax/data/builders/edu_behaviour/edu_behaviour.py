@@ -29,8 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmjax.data.builders.edu_behaviour import behaviour
-from mmjax.data.builders.edu_grading.edu_grading import TOKENIZER_FILE
-from mmjax.data.tokenizer import build_wordpiece
+from mmjax.data.tokenizer import TOKENIZER_FILE, build_wordpiece
 
 FEATURES = ("image", "reflection", "audio", "label",
             *(f"{m}_cue" for m in behaviour.MODALITIES), "example_id")

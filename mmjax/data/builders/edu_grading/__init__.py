@@ -1,3 +1,3 @@
-from mmjax.data.builders.edu_grading.edu_grading import TOKENIZER_FILE, EduGrading
+from mmjax.data.builders.edu_grading.edu_grading import EduGrading
 
-__all__ = ["EduGrading", "TOKENIZER_FILE"]
+__all__ = ["EduGrading"]

@@ -26,9 +26,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mmjax.data.builders.edu_grading import questions
-from mmjax.data.tokenizer import build_wordpiece
+from mmjax.data.tokenizer import TOKENIZER_FILE, build_wordpiece
 
-TOKENIZER_FILE = "tokenizer.json"
 DIGITS_HOMEPAGE = "https://archive.ics.uci.edu/dataset/80"
 DIGITS_CITATION = "Alpaydin & Kaynak (1998), Optical Recognition of Handwritten Digits, UCI."
 

@@ -41,12 +41,11 @@ import tensorflow_datasets as tfds
 from mmjax.data.builders.edu_grading.edu_grading import (
   DIGITS_CITATION,
   DIGITS_HOMEPAGE,
-  TOKENIZER_FILE,
   EduGrading,
 )
 from mmjax.data.builders.edu_questions import questions
 from mmjax.data.builders.edu_scenes import scenes
-from mmjax.data.tokenizer import build_wordpiece
+from mmjax.data.tokenizer import TOKENIZER_FILE, build_wordpiece
 
 FEATURES = ("image", "topic", "question", "topic_id", "scene")
 

@@ -42,11 +42,10 @@ from mmjax.data.builders.edu_grading import questions
 from mmjax.data.builders.edu_grading.edu_grading import (
   DIGITS_CITATION,
   DIGITS_HOMEPAGE,
-  TOKENIZER_FILE,
   EduGrading,
 )
 from mmjax.data.builders.edu_scenes import scenes
-from mmjax.data.tokenizer import build_wordpiece
+from mmjax.data.tokenizer import TOKENIZER_FILE, build_wordpiece
 
 FEATURES = ("image", "caption", "scene", "category", "num_objects", "image_id")
 

@@ -75,9 +75,7 @@ import tensorflow_datasets as tfds
 
 from mmjax.config import ConfigError
 from mmjax.data.builders.jsonl import reader
-from mmjax.data.tokenizer import build_wordpiece
-
-TOKENIZER_FILE = "tokenizer.json"
+from mmjax.data.tokenizer import TOKENIZER_FILE, build_wordpiece
 
 log = logging.getLogger(__name__)
 

@@ -44,9 +44,8 @@ import tensorflow_datasets as tfds
 
 from mmjax.config import ConfigError
 from mmjax.data.builders.scienceqa import problems as problems_lib
-from mmjax.data.tokenizer import build_wordpiece
+from mmjax.data.tokenizer import TOKENIZER_FILE, build_wordpiece
 
-TOKENIZER_FILE = "tokenizer.json"
 IMAGE_SIZE = 64
 VOCAB_SIZE = 8192
 HOMEPAGE = "https://scienceqa.github.io"

@@ -256,7 +256,7 @@ def ask(scene: Scene, rng: np.random.Generator) -> list[tuple[str, int, str, int
   return asked
 
 
-def make_split(num_scenes: int, seed: int, *, first_scene_id: int = 0,
+def make_split(num_scenes: int, seed: int, *, first_id: int = 0,
                exclude: set[tuple[int, ...]] | None = None) -> dict:
   """`num_scenes` distinct scenes drawn from `seed`, none of whose keys is in `exclude`
   (the scenes of other splits; the new keys are added to it), each asked one question
@@ -266,7 +266,7 @@ def make_split(num_scenes: int, seed: int, *, first_scene_id: int = 0,
   (`Scene.description`) strings, `answer` (index into ANSWERS), `question_type` (index
   into QUESTION_TYPES), `relational` (0/1), `colour` (the asked object's, index into
   COLOURS), `object_cell` (the asked object's cell, 0..15), `answer_cell` (the cell of the
-  object the answer reports, see `answer_objects`), `scene_id` (first_scene_id + scene
+  object the answer reports, see `answer_objects`), `scene_id` (first_id + scene
   number), and per shape name (`circle`, `square`, `triangle`) how many objects of the
   scene have that shape (0..6).
   """
@@ -300,7 +300,7 @@ def make_split(num_scenes: int, seed: int, *, first_scene_id: int = 0,
       columns["colour"].append(colour)
       columns["object_cell"].append(int(scene.cell[colour]))
       columns["answer_cell"].append(int(scene.cell[reported]))
-      columns["scene_id"].append(first_scene_id + number)
+      columns["scene_id"].append(first_id + number)
       for index, shape_name in enumerate(SHAPES):
         columns[shape_name].append(int((scene.shape == index).sum()))
   columns["image"] = np.stack(columns["image"]) if scenes else np.zeros(

@@ -40,22 +40,19 @@ classes "0".."6"), `scene_id` (unique across splits),
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmjax.data.builders.generated import GeneratedQA
 from mmjax.data.builders.shapes_relational import scenes
-from mmjax.data.tokenizer import build_wordpiece
 
-TOKENIZER_FILE = "tokenizer.json"
 FEATURES = ("image", "question", "answer", "question_type", "relational", "colour", "object_cell",
             "answer_cell", "circle", "square", "triangle", "scene_id", "scene")
 CITATION = ("Santoro et al. (2017), A simple neural network module for relational reasoning, "
             "NeurIPS (Sort-of-CLEVR, the task this dataset follows).")
 
 
-class ShapesRelational(tfds.core.GeneratorBasedBuilder):
+class ShapesRelational(GeneratedQA, tfds.core.GeneratorBasedBuilder):
   """Relational VQA on six coloured shapes: positions, shapes, closest/furthest, counts."""
 
   VERSION = tfds.core.Version("1.2.0")
@@ -64,7 +61,9 @@ class ShapesRelational(tfds.core.GeneratorBasedBuilder):
                    "1.2.0": "circle, square and triangle (shape counts) features."}
 
   SEED = 20261124
-  NUM_SCENES = {"train": 18_000, "validation": 500, "test": 800}
+  SPLIT_SIZES = {"train": 18_000, "validation": 500, "test": 800}
+  FEATURES = FEATURES
+  make_split = staticmethod(scenes.make_split)
   VOCAB_SIZE = 256
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -89,28 +88,3 @@ class ShapesRelational(tfds.core.GeneratorBasedBuilder):
         }),
         citation=CITATION,
     )
-
-  @classmethod
-  def make_splits(cls) -> dict[str, dict]:
-    """{split: example columns} (see `scenes.make_split`), drawn in NUM_SCENES order so
-    that later splits exclude every earlier split's scenes."""
-    seen: set[tuple[int, ...]] = set()
-    splits, first_scene_id = {}, 0
-    for i, (name, num_scenes) in enumerate(cls.NUM_SCENES.items()):
-      splits[name] = scenes.make_split(num_scenes, cls.SEED + i + 1,
-                                       first_scene_id=first_scene_id, exclude=seen)
-      first_scene_id += num_scenes
-    return splits
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing is downloaded.
-    splits = self.make_splits()
-    # self.data_dir is tfds's temporary directory here, renamed into place only when
-    # the whole dataset is written, so the vocabulary appears atomically with it.
-    build_wordpiece(splits["train"]["question"], self.VOCAB_SIZE,
-                    os.path.join(self.data_dir, TOKENIZER_FILE))
-    return {name: self._generate_examples(columns) for name, columns in splits.items()}
-
-  def _generate_examples(self, columns):
-    for i in range(len(columns["question"])):
-      yield i, {name: columns[name][i] for name in FEATURES}  # the key fixes the order

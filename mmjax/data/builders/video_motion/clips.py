@@ -224,7 +224,7 @@ def ask(clip: Clip, question_type: str, rng: np.random.Generator
       obj, named
 
 
-def make_split(num_clips: int, seed: int, *, first_clip_id: int = 0,
+def make_split(num_clips: int, seed: int, *, first_id: int = 0,
                exclude: set[tuple[int, ...]] | None = None) -> dict:
   """`num_clips` distinct clips drawn from `seed`, none of whose keys is in `exclude` (the
   clips of other splits; the new keys are added to it), clip i asked one question of type
@@ -235,7 +235,7 @@ def make_split(num_clips: int, seed: int, *, first_clip_id: int = 0,
   (index into QUESTION_TYPES), the asked object's `colour` (COLOURS), `direction`
   (DIRECTIONS) and `speed` (SPEEDS), `named_direction` (the direction the question
   names; the asked object's own for `direction` questions), `clip_id`
-  (first_clip_id + clip number) and, for each colour C, `motion_C` (index into MOTIONS:
+  (first_id + clip number) and, for each colour C, `motion_C` (index into MOTIONS:
   how the object of that colour moves, "absent" when the clip has none).
   """
   seen = exclude if exclude is not None else set()
@@ -261,7 +261,7 @@ def make_split(num_clips: int, seed: int, *, first_clip_id: int = 0,
     columns["direction"].append(int(clip.direction[obj]))
     columns["speed"].append(SPEEDS.index(int(clip.speed[obj])))
     columns["named_direction"].append(named)
-    columns["clip_id"].append(first_clip_id + number)
+    columns["clip_id"].append(first_id + number)
     motion = dict(zip(clip.colour.tolist(), clip.direction.tolist(), strict=True))
     for c, colour in enumerate(COLOURS):
       columns[f"motion_{colour}"].append(MOTIONS.index(DIRECTIONS[motion[c]]) if c in motion

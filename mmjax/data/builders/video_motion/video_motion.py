@@ -35,27 +35,26 @@ right 2 px/frame; ...").
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mmjax.data.builders.generated import GeneratedQA
 from mmjax.data.builders.video_motion import clips
-from mmjax.data.tokenizer import build_wordpiece
 
-TOKENIZER_FILE = "tokenizer.json"
 FEATURES = ("video", "question", "answer", "question_type", "colour", "direction", "speed",
             "named_direction", *(f"motion_{c}" for c in clips.COLOURS), "clip_id", "clip")
 
 
-class VideoMotion(tfds.core.GeneratorBasedBuilder):
+class VideoMotion(GeneratedQA, tfds.core.GeneratorBasedBuilder):
   """Video QA: which way two coloured shapes move, over 8-frame clips."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
   SEED = 20261215
-  NUM_CLIPS = {"train": 6_000, "validation": 600, "test": 900}
+  SPLIT_SIZES = {"train": 6_000, "validation": 600, "test": 900}
+  FEATURES = FEATURES
+  make_split = staticmethod(clips.make_split)
   VOCAB_SIZE = 128
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -81,28 +80,3 @@ class VideoMotion(tfds.core.GeneratorBasedBuilder):
             "clip": tfds.features.Text(),
         }),
     )
-
-  @classmethod
-  def make_splits(cls) -> dict[str, dict]:
-    """{split: example columns} (see `clips.make_split`), drawn in NUM_CLIPS order so that
-    later splits exclude every earlier split's clips."""
-    seen: set[tuple[int, ...]] = set()
-    splits, first_clip_id = {}, 0
-    for i, (name, num_clips) in enumerate(cls.NUM_CLIPS.items()):
-      splits[name] = clips.make_split(num_clips, cls.SEED + i + 1, first_clip_id=first_clip_id,
-                                      exclude=seen)
-      first_clip_id += num_clips
-    return splits
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing is downloaded.
-    splits = self.make_splits()
-    # self.data_dir is tfds's temporary directory here, renamed into place only when
-    # the whole dataset is written, so the vocabulary appears atomically with it.
-    build_wordpiece(splits["train"]["question"], self.VOCAB_SIZE,
-                    os.path.join(self.data_dir, TOKENIZER_FILE))
-    return {name: self._generate_examples(columns) for name, columns in splits.items()}
-
-  def _generate_examples(self, columns):
-    for i in range(len(columns["question"])):
-      yield i, {name: columns[name][i] for name in FEATURES}  # the key fixes the order
