@@ -30,8 +30,9 @@ position. See docs/education.md.
 Smoke size for tests and laptops: `--config configs/edu/shapes_relational.py:runlocal`.
 Ablations: `fusion=concat|merged|co_attention|cross_attention|late` and
 `modalities=image|text`; experiments/ablations/fusion.py runs them all over 3 seeds (on
-an H100, relational accuracy: cross_attention 0.985 ± 0.020, co_attention 0.960 ± 0.054,
-merged 0.915 ± 0.014, late 0.562, concat 0.560, one modality 0.35).
+an H100, merged on 2 CPU cores; relational accuracy: merged 0.992 ± 0.005,
+cross_attention 0.985 ± 0.020, co_attention 0.960 ± 0.054, late 0.562, concat 0.560, one
+modality 0.35).
 """
 
 import ml_collections
