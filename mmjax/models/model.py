@@ -183,16 +183,23 @@ def _module(cls: type[nn.Module], field: str, **kwargs: Any) -> nn.Module:
   return cls(**kwargs)
 
 
+def _vit_tower(modality: str, cls: type[nn.Module], model_config: ml_collections.ConfigDict,
+               common: dict[str, Any]) -> nn.Module:
+  """`config.model.<modality>`: a ViT-shaped tower's `variant` ("S/16"), size overrides and
+  `cls`'s other fields (ViT: pooler, final_norm, ...; VideoEncoder: temporal, ...)."""
+  field = f"config.model.{modality}"
+  tower_cfg = model_config[modality].to_dict()
+  common = regularised(field, tower_cfg, common)
+  size = vit_lib.parse_variant(tower_cfg.pop("variant"), **tower_cfg)
+  rest = {key: value for key, value in tower_cfg.items() if key not in size}
+  return _module(cls, field, **size, **rest, **common)
+
+
 def _image_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any],
                  vocab_size: int | None) -> nn.Module:
-  """`config.model.image`: `variant` ("S/16"), size overrides, and other ViT fields
-  (pooler, final_norm, ...)."""
+  """`config.model.image`: the ViT (`_vit_tower`)."""
   del vocab_size
-  image_cfg = model_config.image.to_dict()
-  common = regularised("config.model.image", image_cfg, common)
-  size = vit_lib.parse_variant(image_cfg.pop("variant"), **image_cfg)
-  rest = {key: value for key, value in image_cfg.items() if key not in size}
-  return _module(vit_lib.ViT, "config.model.image", **size, **rest, **common)
+  return _vit_tower("image", vit_lib.ViT, model_config, common)
 
 
 def _text_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any],
@@ -253,14 +260,10 @@ def _audio_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any]
 
 def _video_tower(model_config: ml_collections.ConfigDict, common: dict[str, Any],
                  vocab_size: int | None) -> nn.Module:
-  """`config.model.video`: the frame ViT's `variant` ("mu/8"), size overrides and
-  `posemb`, and `temporal` ("transformer" | "mean"), `temporal_depth` (VideoEncoder)."""
+  """`config.model.video`: the frame ViT's `variant` ("mu/8"), size overrides and `posemb`,
+  and `temporal` ("transformer" | "mean"), `temporal_depth` (VideoEncoder, `_vit_tower`)."""
   del vocab_size
-  video_cfg = model_config.video.to_dict()
-  common = regularised("config.model.video", video_cfg, common)
-  size = vit_lib.parse_variant(video_cfg.pop("variant"), **video_cfg)
-  rest = {key: value for key, value in video_cfg.items() if key not in size}
-  return _module(video_lib.VideoEncoder, "config.model.video", **size, **rest, **common)
+  return _vit_tower("video", video_lib.VideoEncoder, model_config, common)
 
 
 # Modality -> fn(config.model, common kwargs (dtypes, options, dropout_rate), vocab_size).
